@@ -1,0 +1,3 @@
+"""mssante-operator: an MSSanté operator mail server."""
+
+__version__ = "0.1.0"

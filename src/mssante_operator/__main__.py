@@ -1,0 +1,3 @@
+from mssante_operator.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Operations: logging, the serve composition, health and metrics."""

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -65,7 +67,5 @@ def test_structure_ids() -> None:
 @given(st.text(max_size=30))
 def test_parsers_never_crash(text: str) -> None:
     for parse in (parse_national_person_id, parse_structure_id, parse_rpps, parse_adeli):
-        try:
+        with contextlib.suppress(InvalidIdentifier):
             parse(text)
-        except InvalidIdentifier:
-            pass

@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/dev.toml
+LINT_PATHS := $(wildcard src tests bench migrations)
 
 .PHONY: run init serve test lint typecheck check bench clean
 
@@ -25,8 +26,8 @@ test: $(BIN)/mssante-operator
 	$(BIN)/pytest -n 2 --dist loadfile -q
 
 lint: $(BIN)/mssante-operator
-	$(BIN)/ruff check src tests bench migrations
-	$(BIN)/ruff format --check src tests bench migrations
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 typecheck: $(BIN)/mssante-operator
 	$(BIN)/mypy

@@ -1,0 +1,1 @@
+"""Outbound relay: the durable queue's retry schedule, routing, DSN generation and delivery workers."""

@@ -58,6 +58,7 @@ class MailboxStatus(StrEnum):
 
 class QueueStatus(StrEnum):
     PENDING = "pending"
+    HELD = "held"
     DONE = "done"
     FAILED = "failed"
 
@@ -183,6 +184,8 @@ class QueueEntry(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # A "still trying" DSN went to the sender (sent once, after `delay_notice_after`).
+    delay_notified: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     locked_by: Mapped[str | None] = mapped_column(String(100))
     locked_until: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

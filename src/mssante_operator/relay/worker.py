@@ -1,0 +1,408 @@
+"""Delivery workers: claim due queue entries and hand them to the recipient domain's operator.
+
+Every connection is STARTTLS with this operator's certificate as client certificate; the peer's
+certificate must pass `OutboundTrust.check_peer` (IGC-Santé chain, CRL, DN bound to the recipient
+domain in the trust list) before a single envelope command is sent. A peer that fails any check
+gets nothing: the entry is deferred and retried (the peer may fix its certificate) until expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import aiosmtplib
+import dns.asyncresolver
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from mssante_operator.ops.logging import get_logger
+from mssante_operator.relay.dsn import DsnAction, DsnRecipient, DsnReport, build_dsn
+from mssante_operator.relay.outcome import Settlement, settle, status_for_reply
+from mssante_operator.relay.queue import (
+    QueuedRecipient,
+    QueueItem,
+    RecipientResult,
+    claim_due,
+    record_attempt,
+)
+from mssante_operator.relay.routing import RouteHop, RoutingError, resolve_route
+from mssante_operator.relay.schedule import RetrySchedule
+from mssante_operator.store.models import RecipientStatus
+
+log = get_logger("mssante_operator.relay")
+
+
+@dataclass(frozen=True)
+class TrustVerdict:
+    allowed: bool
+    reason: str
+    peer_subject: str | None = None
+
+
+class OutboundTrust(Protocol):
+    """The trust-space checks the relay needs (adapted from the `trust` and `pki` packages)."""
+
+    async def domain_allowed(self, domain: str) -> TrustVerdict: ...
+
+    async def check_peer(self, domain: str, peer_der: bytes | None) -> TrustVerdict: ...
+
+
+class RelayObserver(Protocol):
+    """Told of every recipient outcome (audit trail, metrics)."""
+
+    def recipient_outcome(
+        self, item: QueueItem, recipient: QueuedRecipient, result: RecipientResult, peer: str | None
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class HopResult:
+    """What one connection achieved: per-recipient results, or a connection-level failure."""
+
+    results: dict[int, RecipientResult]
+    peer: str | None
+    peer_handles_dsn: bool
+    connection_error: str | None = None
+
+
+def xtext(value: str) -> str:
+    """RFC 3461 xtext encoding for ENVID and ORCPT."""
+    return "".join(f"+{ord(c):02X}" if (c in "+=" or not 33 <= ord(c) <= 126) else c for c in value)
+
+
+def _reply(code: int, message: str) -> str:
+    return f"{code} {message}".strip()
+
+
+class RelayWorker:
+    """The outbound queue's delivery loop, one per process (several processes on PostgreSQL)."""
+
+    name = "relay"
+
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        read_body: Callable[[int], Awaitable[bytes]],
+        trust: OutboundTrust,
+        send_dsn: Callable[[str, bytes], Awaitable[None]],
+        tls_context: Callable[[], ssl.SSLContext],
+        hostname: str,
+        transport_map: Mapping[str, str] | None = None,
+        schedule: RetrySchedule | None = None,
+        resolver: dns.asyncresolver.Resolver | None = None,
+        observer: RelayObserver | None = None,
+        worker_id: str | None = None,
+        concurrency: int = 20,
+        poll_interval: float = 5.0,
+        lease: timedelta = timedelta(minutes=10),
+        command_timeout: float = 60.0,
+    ) -> None:
+        self._sessions = sessions
+        self._read_body = read_body
+        self._trust = trust
+        self._send_dsn = send_dsn
+        self._tls_context = tls_context
+        self.hostname = hostname
+        self.transport_map: Mapping[str, str] = dict(transport_map or {})
+        self.schedule = schedule or RetrySchedule()
+        self._resolver = resolver
+        self._observer = observer
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self._concurrency = asyncio.Semaphore(concurrency)
+        self._batch = concurrency
+        self._poll_interval = poll_interval
+        self._lease = lease
+        self._timeout = command_timeout
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    # -- service --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._stopping = False
+        self._loop_task = asyncio.create_task(self._loop(), name="relay-loop")
+        log.info("relay started", worker=self.worker_id, routes=len(self.transport_map))
+
+    async def stop(self, grace: float) -> None:
+        self._stopping = True
+        self._wakeup.set()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        if self._inflight:
+            _done, pending = await asyncio.wait(self._inflight, timeout=grace)
+            for task in pending:
+                task.cancel()
+            # A cancelled delivery keeps its lease and is retried by whoever holds the queue next.
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def wake(self) -> None:
+        """New work was queued in this process: look now instead of at the next poll."""
+        self._wakeup.set()
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                claimed = await self.run_once(wait=False)
+            except Exception:
+                log.exception("relay loop error")
+                claimed = 0
+            if claimed:
+                continue
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_interval)
+
+    async def run_once(self, *, wait: bool = True, now: datetime | None = None) -> int:
+        """Claim what is due and start delivering it; with `wait`, return when all is done."""
+        free = self._batch - len(self._inflight)
+        if free <= 0:
+            return 0
+        items = await claim_due(
+            self._sessions,
+            worker=self.worker_id,
+            now=now or datetime.now(UTC),
+            limit=free,
+            lease=self._lease,
+        )
+        tasks = []
+        for item in items:
+            task = asyncio.create_task(self._guarded(item), name=f"relay-{item.queue_id}")
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+            tasks.append(task)
+        if wait and tasks:
+            await asyncio.gather(*tasks)
+        return len(items)
+
+    async def _guarded(self, item: QueueItem) -> None:
+        async with self._concurrency:
+            try:
+                await self.deliver(item)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("relay delivery crashed", queue_id=item.queue_id, entry=item.id)
+
+    # -- one entry ------------------------------------------------------------------------
+
+    async def deliver(self, item: QueueItem, now: datetime | None = None) -> Settlement:
+        pending = item.pending_recipients
+        domain = item.recipient_domain
+        peer: str | None = None
+        peer_handles_dsn = False
+        results: dict[int, RecipientResult] = {}
+
+        verdict = await self._trust.domain_allowed(domain)
+        if not verdict.allowed:
+            reply = f"550 5.7.1 recipient domain {domain} refused: {verdict.reason}"
+            results = {r.id: RecipientResult(RecipientStatus.FAILED, reply) for r in pending}
+        else:
+            try:
+                hops = await resolve_route(domain, self.transport_map, resolver=self._resolver)
+            except RoutingError as exc:
+                code = "550 5.4.4" if exc.permanent else "451 4.4.3"
+                status = RecipientStatus.FAILED if exc.permanent else RecipientStatus.DEFERRED
+                results = {r.id: RecipientResult(status, f"{code} {exc}") for r in pending}
+                hops = []
+            errors: list[str] = []
+            body: bytes | None = None
+            for hop in hops:
+                if body is None:
+                    body = await self._read_body(item.id)
+                attempt = await self._send_via(hop, item, pending, body)
+                if attempt.connection_error is not None:
+                    errors.append(f"{hop.host}:{hop.port}: {attempt.connection_error}")
+                    continue
+                results, peer, peer_handles_dsn = attempt.results, attempt.peer, attempt.peer_handles_dsn
+                break
+            else:
+                if hops:
+                    reply = "451 4.4.1 no usable peer: " + "; ".join(errors)
+                    results = {r.id: RecipientResult(RecipientStatus.DEFERRED, reply) for r in pending}
+
+        when = now or datetime.now(UTC)
+        settlement = settle(
+            item, results, schedule=self.schedule, now=when, peer_handles_dsn=peer_handles_dsn
+        )
+        for recipient in pending:
+            if self._observer is not None:
+                self._observer.recipient_outcome(item, recipient, settlement.results[recipient.id], peer)
+        dsn_ids = await self._notify(item, settlement, when)
+        errors_text = "; ".join(
+            sorted(
+                {r.reply for r in settlement.results.values() if r.status is not RecipientStatus.DELIVERED}
+            )
+        )
+        await record_attempt(
+            self._sessions,
+            item.id,
+            worker=self.worker_id,
+            results=settlement.results,
+            status=settlement.status,
+            next_attempt_at=settlement.next_attempt_at,
+            last_error=errors_text or None,
+            delay_notified=settlement.delay_notified,
+            dsn_sent_for=dsn_ids,
+        )
+        log.info(
+            "relay attempt",
+            queue_id=item.queue_id,
+            domain=domain,
+            peer=peer,
+            status=settlement.status.value,
+            delivered=sum(r.status is RecipientStatus.DELIVERED for r in settlement.results.values()),
+            deferred=sum(r.status is RecipientStatus.DEFERRED for r in settlement.results.values()),
+            failed=sum(r.status is RecipientStatus.FAILED for r in settlement.results.values()),
+            next_attempt=settlement.next_attempt_at.isoformat() if settlement.next_attempt_at else None,
+        )
+        return settlement
+
+    async def _notify(self, item: QueueItem, settlement: Settlement, now: datetime) -> list[int]:
+        """Send the DSNs the settlement calls for; return the recipients whose final DSN went out."""
+        if not settlement.notices:
+            return []
+        by_id = {r.id: r for r in item.recipients}
+        original = await self._read_body(item.id)
+        sent: list[int] = []
+        for action, ids in settlement.notices.items():
+            report = DsnReport(
+                reporting_mta=self.hostname,
+                sender=item.mail_from,
+                arrival_date=item.created_at,
+                envid=item.envid,
+                ret=item.ret,
+                original_message=original,
+                recipients=[
+                    DsnRecipient(
+                        final_recipient=by_id[i].address,
+                        original_recipient=by_id[i].orcpt,
+                        action=action,
+                        status=_status_code(settlement.results[i].reply, action),
+                        diagnostic=settlement.results[i].reply,
+                        last_attempt=now,
+                        will_retry_until=(item.created_at + self.schedule.give_up_after)
+                        if action is DsnAction.DELAYED
+                        else None,
+                    )
+                    for i in ids
+                ],
+            )
+            message = build_dsn(report, now=now, message_id_domain=self.hostname)
+            await self._send_dsn(item.mail_from, message)
+            if action is not DsnAction.DELAYED:
+                sent.extend(ids)
+        return sent
+
+    async def _send_via(
+        self, hop: RouteHop, item: QueueItem, recipients: Sequence[QueuedRecipient], body: bytes
+    ) -> HopResult:
+        context = self._tls_context()
+        client = aiosmtplib.SMTP(
+            hostname=hop.host,
+            port=hop.port,
+            local_hostname=self.hostname,
+            start_tls=False,
+            use_tls=False,
+            timeout=self._timeout,
+        )
+        try:
+            await client.connect()
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            return HopResult({}, None, False, connection_error=f"connect failed: {exc}")
+        try:
+            await client.ehlo()
+            if not client.supports_extension("starttls"):
+                return HopResult({}, None, False, connection_error="peer does not offer STARTTLS")
+            try:
+                await client.starttls(tls_context=context, server_hostname=hop.host)
+            except (aiosmtplib.SMTPException, ssl.SSLError, OSError) as exc:
+                return HopResult({}, None, False, connection_error=f"TLS handshake failed: {exc}")
+            ssl_object = client.get_transport_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            verdict = await self._trust.check_peer(item.recipient_domain, der)
+            if not verdict.allowed:
+                return HopResult(
+                    {}, None, False, connection_error=f"peer certificate refused: {verdict.reason}"
+                )
+            peer = verdict.peer_subject or hop.host
+            await client.ehlo()
+            dsn = client.supports_extension("dsn")
+            mail_options = []
+            if client.supports_extension("size"):
+                mail_options.append(f"SIZE={len(body)}")
+            if client.supports_extension("8bitmime") and any(b > 127 for b in body):
+                mail_options.append("BODY=8BITMIME")
+            if dsn:
+                if item.ret:
+                    mail_options.append(f"RET={item.ret}")
+                if item.envid:
+                    mail_options.append(f"ENVID={xtext(item.envid)}")
+            response = await client.mail(item.mail_from, options=mail_options)
+            results: dict[int, RecipientResult] = {}
+            accepted: list[QueuedRecipient] = []
+            for recipient in recipients:
+                options = []
+                if dsn:
+                    if recipient.notify:
+                        options.append(f"NOTIFY={recipient.notify}")
+                    if recipient.orcpt:
+                        kind, _, addr = recipient.orcpt.partition(";")
+                        options.append(f"ORCPT={kind};{xtext(addr)}")
+                try:
+                    rcpt = await client.rcpt(recipient.address, options=options)
+                except aiosmtplib.SMTPRecipientRefused as exc:
+                    results[recipient.id] = RecipientResult(
+                        status_for_reply(exc.code), _reply(exc.code, exc.message)
+                    )
+                    continue
+                accepted.append(recipient)
+                results[recipient.id] = RecipientResult(
+                    RecipientStatus.DEFERRED, _reply(rcpt.code, rcpt.message)
+                )
+            if accepted:
+                try:
+                    response = await client.data(body)
+                    status = RecipientStatus.DELIVERED
+                    text = _reply(response.code, response.message)
+                except aiosmtplib.SMTPDataError as exc:
+                    status, text = status_for_reply(exc.code), _reply(exc.code, exc.message)
+                for recipient in accepted:
+                    results[recipient.id] = RecipientResult(status, text)
+            else:
+                await client.rset()
+            return HopResult(results, peer, dsn)
+        except aiosmtplib.SMTPSenderRefused as exc:
+            status = status_for_reply(exc.code)
+            text = _reply(exc.code, exc.message)
+            return HopResult({r.id: RecipientResult(status, text) for r in recipients}, hop.host, False)
+        except aiosmtplib.SMTPResponseException as exc:
+            status = status_for_reply(exc.code)
+            text = _reply(exc.code, exc.message)
+            return HopResult({r.id: RecipientResult(status, text) for r in recipients}, hop.host, False)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            return HopResult({}, None, False, connection_error=f"session failed: {exc}")
+        finally:
+            with contextlib.suppress(Exception):
+                await client.quit()
+            client.close()
+
+
+def _status_code(reply: str, action: DsnAction) -> str:
+    """The enhanced status code in a reply text, else a generic one for the action."""
+    for token in reply.split()[:3]:
+        parts = token.split(".")
+        if len(parts) == 3 and all(p.isdigit() for p in parts) and parts[0] in "245":
+            return token
+    return {DsnAction.FAILED: "5.0.0", DsnAction.DELAYED: "4.0.0"}.get(action, "2.0.0")

@@ -7,7 +7,8 @@ worker died is picked up again once its lease has run out. On SQLite one process
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -58,6 +59,24 @@ class QueueItemNotFound(LookupError):
     pass
 
 
+@asynccontextmanager
+async def _write(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A write transaction; on SQLite taken with BEGIN IMMEDIATE so claims made concurrently in
+    one process serialise instead of reading the same due rows."""
+    async with sessions() as session:
+        if session.get_bind().dialect.name == "sqlite":
+            conn = await session.connection()
+            raw = await conn.get_raw_connection()
+            if not getattr(raw.driver_connection, "in_transaction", False):
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+
+
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
@@ -93,7 +112,7 @@ async def claim_due(
     lease: timedelta,
 ) -> list[QueueItem]:
     """Take up to `limit` due entries for `worker` until `now + lease`."""
-    async with sessions() as session, session.begin():
+    async with _write(sessions) as session:
         query = (
             select(QueueEntry.id)
             .where(
@@ -144,7 +163,7 @@ async def record_attempt(
     dsn_sent_for: Sequence[int] = (),
 ) -> bool:
     """Write one delivery attempt's outcome and release the lease. False if the lease was lost."""
-    async with sessions() as session, session.begin():
+    async with _write(sessions) as session:
         entry = await session.get(QueueEntry, entry_id, with_for_update=True)
         if entry is None or entry.locked_by != worker:
             return False
@@ -209,7 +228,7 @@ async def _set(
     from_status: Sequence[QueueStatus],
     **values: object,
 ) -> int:
-    async with sessions() as session, session.begin():
+    async with _write(sessions) as session:
         stmt = update(QueueEntry).where(QueueEntry.status.in_(list(from_status)))
         if ids is not None:
             stmt = stmt.where(QueueEntry.id.in_(list(ids)))
@@ -234,7 +253,7 @@ async def release(sessions: async_sessionmaker[AsyncSession], ids: Sequence[int]
 
 async def delete_items(sessions: async_sessionmaker[AsyncSession], ids: Sequence[int]) -> int:
     """Remove entries for good (no DSN). Bodies no longer referenced are purged by the store."""
-    async with sessions() as session, session.begin():
+    async with _write(sessions) as session:
         await session.execute(delete(QueueRecipient).where(QueueRecipient.entry_id.in_(list(ids))))
         result = await session.execute(delete(QueueEntry).where(QueueEntry.id.in_(list(ids))))
         return int(getattr(result, "rowcount", 0) or 0)

@@ -37,6 +37,7 @@ from mssante_operator.config.models import PersonIdSource, PkiSettings
 from mssante_operator.identifiers import (
     InvalidIdentifier,
     StructureIdKind,
+    luhn_check_digit,
     parse_national_person_id,
     parse_structure_id,
 )
@@ -129,14 +130,19 @@ def _structure_id(value: str) -> str:
     try:
         return parse_structure_id(value).value
     except InvalidIdentifier as exc:
-        raise DevPkiError(f"invalid structure id: {exc}") from None
+        raise DevPkiError(f"invalid structure id {value!r}: {exc}") from None
 
 
 def _national_id(value: str) -> str:
     try:
         return parse_national_person_id(value).value
     except InvalidIdentifier as exc:
-        raise DevPkiError(f"invalid national id: {exc}") from None
+        text = value.strip()
+        hint = ""
+        if len(text) == 12 and text.startswith("8") and text.isascii() and text.isdigit():
+            body = text[1:-1]
+            hint = f" (8{body}{luhn_check_digit(body)} would be a valid RPPS-based id)"
+        raise DevPkiError(f"invalid national id: {exc}{hint}") from None
 
 
 def _file_name(value: str) -> str:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -188,10 +190,8 @@ def test_random_text_parses_or_fails_cleanly(text: str) -> None:
 
 @given(st.text(alphabet='CNOU=,+;\\"# #0123456789abcdef/.', max_size=40))
 def test_dn_syntax_soup_parses_or_fails_cleanly(text: str) -> None:
-    try:
+    with contextlib.suppress(DnSyntaxError):
         parse_dn(text)
-    except DnSyntaxError:
-        pass
 
 
 @given(_names, _names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import warnings
 from collections.abc import AsyncIterator, Callable
@@ -11,13 +12,13 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from pki_fixtures import PERSON_ID, SERVER_HOST, STRUCTURE_ID, make_dev_pki, validator
 
 from mssante_operator.pki.devpki import DevPki
 from mssante_operator.pki.identity import IdentityKind
 from mssante_operator.pki.loading import PkiLoadError
 from mssante_operator.pki.tls import client_tls_context, peer_certificate, server_tls_context
 from mssante_operator.pki.validation import CertificateValidator, RefusalReason, Usage, ValidationResult
+from pki_fixtures import PERSON_ID, SERVER_HOST, STRUCTURE_ID, make_dev_pki, validator
 
 Results = list[tuple[ValidationResult, str | None, tuple[str, str, int] | None]]
 
@@ -56,10 +57,8 @@ async def exchange(port: int, context: ssl.SSLContext, server_hostname: str = SE
         return await reader.readline()
     finally:
         writer.close()
-        try:
+        with contextlib.suppress(ssl.SSLError, ConnectionError):
             await writer.wait_closed()
-        except (ssl.SSLError, ConnectionError):
-            pass
 
 
 async def refused(port: int, context: ssl.SSLContext) -> bool:
@@ -175,19 +174,19 @@ async def test_client_checks_the_host_name(dev_pki: DevPki) -> None:
         port,
         _,
     ):
-        with pytest.raises(ssl.SSLCertVerificationError, match="mismatch|match"):
+        with pytest.raises(ssl.SSLCertVerificationError, match=r"mismatch|match"):
             await exchange(port, client_tls_context(settings), server_hostname="other.mssante.test")
 
 
 def test_context_errors_name_the_file(dev_pki: DevPki, tmp_path: Path) -> None:
-    with pytest.raises(PkiLoadError, match="server certificate .* not found"):
+    with pytest.raises(PkiLoadError, match=r"server certificate .* not found"):
         server_tls_context(dev_pki.pki_settings(server_cert=tmp_path / "none.crt"), client_cert="none")
     wrong_key: Callable[[], object] = lambda: client_tls_context(  # noqa: E731
         dev_pki.pki_settings(server_key=dev_pki.directory / "root.key")
     )
-    with pytest.raises(PkiLoadError, match="does the key match"):
+    with pytest.raises(PkiLoadError, match=r"does the key match"):
         wrong_key()
-    with pytest.raises(PkiLoadError, match="pki.ca_files is empty"):
+    with pytest.raises(PkiLoadError, match=r"pki\.ca_files is empty"):
         client_tls_context(dev_pki.pki_settings(ca_files=[]))
     with pytest.raises(ValueError, match="client_cert must be"):
         server_tls_context(dev_pki.pki_settings(), client_cert="sometimes")  # type: ignore[arg-type]

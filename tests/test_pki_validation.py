@@ -9,6 +9,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from mssante_operator.config.models import PersonIdSource
+from mssante_operator.pki.devpki import DevPki
+from mssante_operator.pki.identity import IdentityKind
+from mssante_operator.pki.loading import load_certificates
+from mssante_operator.pki.validation import CertificateValidator, RefusalReason, Usage
 from pki_fixtures import (
     PERSON_ID,
     SERVER_HOST,
@@ -19,12 +25,6 @@ from pki_fixtures import (
     now,
     validator,
 )
-
-from mssante_operator.config.models import PersonIdSource
-from mssante_operator.pki.devpki import DevPki
-from mssante_operator.pki.identity import IdentityKind
-from mssante_operator.pki.loading import load_certificates
-from mssante_operator.pki.validation import CertificateValidator, RefusalReason, Usage
 
 
 @pytest.fixture(scope="module")

@@ -118,3 +118,19 @@ def test_department_labels() -> None:
     assert department_label("12A0000018") == "Corse-du-Sud (2A)"
     assert department_label("312345678901234") is None
     assert SERVER_HOST
+
+
+def test_expiry_report(dev_pki: DevPki) -> None:
+    from datetime import timedelta
+
+    from mssante_operator.pki.health import expiry_report
+
+    report = expiry_report(dev_pki.pki_settings())
+    kinds = sorted(status.what for status in report)
+    assert kinds == ["CA certificate"] * 3 + ["CRL"] * 3 + ["server certificate"]
+    assert not any(status.expiring or status.expired for status in report)
+    server = next(s for s in report if s.what == "server certificate")
+    soon = expiry_report(dev_pki.pki_settings(), at=server.expires - timedelta(days=10))
+    flagged = {s.what for s in soon if s.expiring}
+    assert "server certificate" in flagged and "CRL" in flagged
+    assert "expires soon" in next(s for s in soon if s.what == "server certificate").describe()

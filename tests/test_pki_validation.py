@@ -290,5 +290,7 @@ def test_unsupported_critical_extension(dev_pki: DevPki) -> None:
 
 
 def test_oid_person_source_needs_an_oid(dev_pki: DevPki) -> None:
-    with pytest.raises(ValueError, match="person_id_oid"):
+    with pytest.raises(ValueError, match="person_id_oid is not set"):
         CertificateValidator(dev_pki.cas(), [], person_id_source=PersonIdSource.OID)
+    with pytest.raises(ValueError, match="not a dotted OID"):
+        CertificateValidator(dev_pki.cas(), [], person_id_source=PersonIdSource.OID, person_id_oid="x.y")

@@ -19,6 +19,7 @@ whole sequence backwards.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -340,14 +341,26 @@ def _normalise(rdns: Iterable[Rdn]) -> NormalisedDn:
     )
 
 
+def _canonical(rdns: RdnSequence) -> NormalisedDn:
+    forward = _normalise(rdns)
+    backward = tuple(reversed(forward))
+    return min(forward, backward)
+
+
+@functools.lru_cache(maxsize=4096)
+def _name_key(name: x509.Name) -> NormalisedDn:
+    # Certificate names recur on every validation (issuers, CRL issuers): compute each once.
+    return _canonical(name_to_rdns(name))
+
+
 def dn_key(dn: DnLike | RdnSequence) -> NormalisedDn:
     """A hashable canonical form: `dn_key(a) == dn_key(b)` exactly when `dn_equal(a, b)`.
 
     Use it to index DNs (for instance the trust list's certificate DNs) in a dict.
     """
-    forward = _normalise(_as_rdns(dn))
-    backward = tuple(reversed(forward))
-    return min(forward, backward)
+    if isinstance(dn, x509.Name):
+        return _name_key(dn)
+    return _canonical(_as_rdns(dn))
 
 
 def dn_equal(a: DnLike | RdnSequence, b: DnLike | RdnSequence) -> bool:

@@ -12,7 +12,8 @@ revocation of every non-root certificate of the path.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import functools
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -38,6 +39,7 @@ from mssante_operator.pki.loading import load_certificates, load_crls
 __all__ = ["CertificateValidator", "RefusalReason", "Usage", "ValidationResult"]
 
 MAX_CHAIN_LENGTH = 8
+_SIGNATURE_CACHE_SIZE = 4096
 
 
 class RefusalReason(StrEnum):
@@ -203,7 +205,12 @@ class CertificateValidator:
         person_id_oid: str | None = None,
     ) -> None:
         if PersonIdSource(person_id_source) is PersonIdSource.OID and not person_id_oid:
-            raise ValueError("person_id_source is 'oid' but person_id_oid is not set")
+            raise ValueError("pki.person_id_source is 'oid' but pki.person_id_oid is not set")
+        if person_id_oid is not None:
+            try:
+                x509.ObjectIdentifier(person_id_oid)
+            except ValueError:
+                raise ValueError(f"pki.person_id_oid is not a dotted OID: {person_id_oid!r}") from None
         self.require_crl = require_crl
         self.person_id_source = PersonIdSource(person_id_source)
         self.person_id_oid = person_id_oid
@@ -216,6 +223,9 @@ class CertificateValidator:
         for cert in self._cas:
             self._by_subject.setdefault(dn_key(cert.subject), []).append(cert)
         self._crls = tuple(crls)
+        # Signature checks are the costly part of a validation; their results never change for a
+        # given (certificate or CRL, issuer) pair, so remember them (bounded, cleared when full).
+        self._signature_cache: dict[tuple[bytes, bytes], bool] = {}
         self._crls_by_issuer: dict[NormalisedDn, list[x509.CertificateRevocationList]] = {}
         for crl in self._crls:
             self._crls_by_issuer.setdefault(dn_key(crl.issuer), []).append(crl)
@@ -298,11 +308,23 @@ class CertificateValidator:
         found += [c for c in pool if dn_key(c.subject) == wanted and _der(c) not in self._trusted_der]
         return found
 
+    def _verified(self, signed: bytes, issuer: x509.Certificate, check: Callable[[], bool]) -> bool:
+        key = (signed, _der(issuer))
+        cached = self._signature_cache.get(key)
+        if cached is None:
+            if len(self._signature_cache) >= _SIGNATURE_CACHE_SIZE:
+                self._signature_cache.clear()
+            cached = self._signature_cache[key] = check()
+        return cached
+
+    def _cert_signed_by(self, cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+        return self._verified(_der(cert), issuer, lambda: _signed_by(cert, issuer))
+
     def _build_path(self, leaf: x509.Certificate, pool: list[x509.Certificate]) -> list[x509.Certificate]:
         path = [leaf]
         while True:
             current = path[-1]
-            if _is_self_issued(current) and _signed_by(current, current):
+            if _is_self_issued(current) and self._cert_signed_by(current, current):
                 if _der(current) in self._trusted_der:
                     return path
                 raise _Refusal(
@@ -331,7 +353,7 @@ class CertificateValidator:
                     f"different key (authority key id {aki.hex() if aki else '?'}): the certificate comes "
                     "from another PKI with the same CA names",
                 )
-            issuer = next((c for c in by_key if _signed_by(current, c)), None)
+            issuer = next((c for c in by_key if self._cert_signed_by(current, c)), None)
             if issuer is None:
                 raise _Refusal(
                     RefusalReason.BAD_SIGNATURE,
@@ -458,8 +480,15 @@ class CertificateValidator:
         usage = _key_usage(issuer)
         if usage is not None and not usage.crl_sign:
             return None, f"{_subject(issuer)} is not allowed to sign CRLs (keyUsage lacks cRLSign)"
-        key = issuer.public_key()
-        valid = [crl for crl in named if _crl_signed_by(crl, key)]
+        valid = [
+            crl
+            for crl in named
+            if self._verified(
+                crl.tbs_certlist_bytes + crl.signature,
+                issuer,
+                functools.partial(_crl_signed_by, crl, issuer),
+            )
+        ]
         if not valid:
             if named:
                 return None, (
@@ -503,9 +532,9 @@ class CertificateValidator:
                 )
 
 
-def _crl_signed_by(crl: x509.CertificateRevocationList, key: object) -> bool:
+def _crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
     try:
-        return bool(crl.is_signature_valid(key))  # type: ignore[arg-type]
+        return bool(crl.is_signature_valid(issuer.public_key()))  # type: ignore[arg-type]
     except (TypeError, ValueError, UnsupportedAlgorithm):
         return False
 

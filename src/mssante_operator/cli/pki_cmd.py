@@ -16,7 +16,6 @@ from mssante_operator.config import Settings
 from mssante_operator.pki.devpki import (
     DEFAULT_SERVER_ORG,
     DEFAULT_SERVER_STRUCTURE_ID,
-    LEAF_VALIDITY,
     DevPki,
     DevPkiError,
 )
@@ -349,6 +348,3 @@ def show(
         console.print(f"{'':>15}{result.detail}", highlight=False, soft_wrap=True)
     if not result.ok:
         raise typer.Exit(EXIT_ERROR)
-
-
-__all__ = ["LEAF_VALIDITY", "app"]

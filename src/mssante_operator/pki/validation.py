@@ -267,7 +267,7 @@ class CertificateValidator:
             return ValidationResult(
                 False,
                 RefusalReason.NO_CERTIFICATE,
-                "no client certificate was presented (an IGC-Santé certificate is required)",
+                f"no {_ROLE[usage]} certificate was presented (an IGC-Santé certificate is required)",
                 None,
             )
         moment = datetime.now(UTC) if at is None else (at if at.tzinfo else at.replace(tzinfo=UTC))

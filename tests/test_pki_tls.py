@@ -16,7 +16,7 @@ import pytest
 from mssante_operator.pki.devpki import DevPki
 from mssante_operator.pki.identity import IdentityKind
 from mssante_operator.pki.loading import PkiLoadError
-from mssante_operator.pki.tls import client_tls_context, peer_certificate, server_tls_context
+from mssante_operator.pki.tls import client_tls_context, peer_certificate, peer_chain, server_tls_context
 from mssante_operator.pki.validation import CertificateValidator, RefusalReason, Usage, ValidationResult
 from pki_fixtures import PERSON_ID, SERVER_HOST, STRUCTURE_ID, make_dev_pki, validator
 
@@ -32,7 +32,11 @@ async def tls_server(
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         ssl_object = writer.get_extra_info("ssl_object")
-        result = checker.validate(peer_certificate(ssl_object), usage=Usage.TLS_CLIENT)
+        chain = peer_chain(ssl_object)
+        assert chain[:1] == ([peer_certificate(ssl_object)] if chain else [])
+        result = checker.validate(
+            peer_certificate(ssl_object), usage=Usage.TLS_CLIENT, intermediates=chain[1:]
+        )
         results.append((result, ssl_object.version(), ssl_object.cipher()))
         writer.write(f"{'OK' if result.ok else 'NO'} {result.reason or ''}\n".encode())
         await writer.drain()

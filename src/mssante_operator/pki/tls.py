@@ -18,7 +18,13 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from mssante_operator.config.models import PkiSettings
 from mssante_operator.pki.loading import PkiLoadError, load_certificates
 
-__all__ = ["TLS12_CIPHERS", "client_tls_context", "peer_certificate", "server_tls_context"]
+__all__ = [
+    "TLS12_CIPHERS",
+    "client_tls_context",
+    "peer_certificate",
+    "peer_chain",
+    "server_tls_context",
+]
 
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
 """ECDHE-{ECDSA,RSA}-AES{128,256}-GCM-SHA{256,384} and ECDHE-{ECDSA,RSA}-CHACHA20-POLY1305."""
@@ -99,3 +105,29 @@ def peer_certificate(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> x509.C
     if not der:
         return None
     return x509.load_der_x509_certificate(der)
+
+
+def peer_chain(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> list[x509.Certificate]:
+    """The peer's certificate followed by the intermediates it sent (Python 3.13+; earlier: leaf only).
+
+    Pass `chain[1:]` as `intermediates` to `CertificateValidator.validate`; they complete a path but
+    are never trusted by themselves.
+    """
+    leaf = peer_certificate(ssl_object)
+    if leaf is None:
+        return []
+    get_chain = getattr(ssl_object, "get_unverified_chain", None)
+    if get_chain is None:
+        return [leaf]
+    try:
+        sent = get_chain() or []
+    except (ValueError, ssl.SSLError):
+        return [leaf]
+    chain = [leaf]
+    for item in sent:
+        # The server side's OpenSSL chain omits the client's own certificate: dedupe rather than slice.
+        if isinstance(item, bytes):
+            cert = x509.load_der_x509_certificate(item)
+            if cert != leaf:
+                chain.append(cert)
+    return chain

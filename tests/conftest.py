@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mssante_operator.pki.devpki import DevPki
 from mssante_operator.store import create_engine, upgrade
 
 PG_DSN = os.environ.get("MSSANTE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -63,3 +64,16 @@ async def engine(store_url: str) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture
 def project_root() -> Iterator[Path]:
     yield PROJECT_ROOT
+
+
+@pytest.fixture(scope="session")
+def dev_pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
+    """One IGC-Santé look-alike PKI per test session (server.crt for mail.hopital-demo.mssante.test).
+
+    Issue what a test needs into its own tmp_path: `dev_pki.issue_person(PERSON_ID, "Jean", "Martin",
+    tmp_path)`; trust it with `dev_pki.pki_settings()` (see tests/pki_fixtures.py). Do not revoke the
+    shared server certificate or CAs; build a private DevPki for that.
+    """
+    from pki_fixtures import make_dev_pki
+
+    return make_dev_pki(tmp_path_factory.mktemp("dev-pki"))

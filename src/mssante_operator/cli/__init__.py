@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from mssante_operator import __version__
-from mssante_operator.cli import config_cmd, db_cmd, pki_cmd
+from mssante_operator.cli import config_cmd, db_cmd, pki_cmd, queue_cmd
 from mssante_operator.cli.common import CliState
 
 app = typer.Typer(
@@ -18,6 +18,7 @@ app = typer.Typer(
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(db_cmd.app, name="db")
 app.add_typer(pki_cmd.app, name="pki")
+app.add_typer(queue_cmd.app, name="queue")
 
 
 def _version(value: bool) -> None:

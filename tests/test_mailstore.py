@@ -112,7 +112,7 @@ async def test_add_mailbox_creates_folders_and_data_key(store: MailStore, master
     assert all(f.uidvalidity > 0 and f.uidnext == 1 for f in folders)
     with pytest.raises(MailboxExists):
         await store.add_mailbox(f"jean.martin@{DOMAIN}", MailboxType.PER)
-    with pytest.raises(DomainNotFound, match="elsewhere.test"):
+    with pytest.raises(DomainNotFound, match=r"elsewhere\.test"):
         await store.add_mailbox("x@elsewhere.test", MailboxType.PER)
     other = await store.add_mailbox(f"other@{DOMAIN}", MailboxType.ORG, structure_id="1750000018")
     assert other.wrapped_data_key != mb.wrapped_data_key

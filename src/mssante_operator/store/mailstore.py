@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import NamedTuple
 
 from sqlalchemy import and_, case, delete, exists, func, select, text, update
@@ -45,6 +46,7 @@ from mssante_operator.store.models import (
     QueueEntry,
     QueueRecipient,
 )
+from mssante_operator.store.notify import ChangeHub, ChangeKind, MailboxChange
 
 log = get_logger(__name__)
 
@@ -103,6 +105,14 @@ class MailboxClosed(StoreError):
 
 class FolderNotFound(StoreError):
     pass
+
+
+class FolderExists(StoreError):
+    pass
+
+
+class FolderNotAllowed(StoreError):
+    """A folder operation IMAP forbids (deleting INBOX, a name that is not acceptable, ...)."""
 
 
 class MessageNotFound(StoreError):
@@ -181,6 +191,51 @@ class MailboxSummary:
         return sum(f.bytes for f in self.folders)
 
 
+class FlagMode(StrEnum):
+    SET = "set"  # STORE FLAGS
+    ADD = "add"  # STORE +FLAGS
+    REMOVE = "remove"  # STORE -FLAGS
+
+
+@dataclass(frozen=True)
+class MessageInfo:
+    """What IMAP needs about a message without its body."""
+
+    message_id: int
+    uid: int
+    flags: tuple[str, ...]
+    internal_date: datetime
+    size: int
+    modseq: int
+
+
+@dataclass(frozen=True)
+class FlagUpdate:
+    changed: list[MessageInfo]  # messages whose flags changed, with their new modseq
+    unchanged: list[MessageInfo]  # messages already in the requested state
+    modified: list[int]  # UIDs refused because their modseq is above UNCHANGEDSINCE (RFC 7162)
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes for timezone-aware columns; every stored time is UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _flag_tuple(text_value: str) -> tuple[str, ...]:
+    return tuple(text_value.split()) if text_value else ()
+
+
+def folder_name(name: str) -> str:
+    """IMAP folder name as stored: INBOX is case-insensitive (RFC 3501 5.1), the rest is not."""
+    if not isinstance(name, str) or not name or name != name.strip():
+        raise FolderNotAllowed(f"folder name {name!r} is empty or has surrounding spaces")
+    if len(name) > 500:
+        raise FolderNotAllowed("folder name is longer than 500 characters")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise FolderNotAllowed(f"folder name {name!r} contains control characters")
+    return INBOX if name.upper() == INBOX else name
+
+
 def new_queue_id() -> str:
     """16 printable characters: 48-bit millisecond time then 32 random bits, so ids sort by time."""
     value = (time.time_ns() // 1_000_000 & (2**48 - 1)) << 32 | secrets.randbits(32)
@@ -215,10 +270,14 @@ class MailStore:
         sessions: async_sessionmaker[AsyncSession],
         master_key: MasterKey,
         bodies: BodyStorage | None = None,
+        *,
+        changes: ChangeHub | None = None,
     ) -> None:
         self._sessions = sessions
         self._master = master_key
         self._bodies: BodyStorage = bodies if bodies is not None else DatabaseBodyStorage()
+        #: Subscribe here to be told of new messages, flag changes and expunges (IMAP IDLE).
+        self.changes = changes if changes is not None else ChangeHub()
 
     @property
     def body_storage(self) -> BodyStorage:
@@ -517,6 +576,7 @@ class MailStore:
         if not recipients and not outbound:
             raise NoRecipients("a message needs at least one local or outbound recipient")
         flag_text = _normalize_flags(flags)
+        folder = folder_name(folder)
         when = internal_date if internal_date is not None else datetime.now(UTC)
         if when.tzinfo is None:
             raise ValueError("internal_date must be timezone-aware")
@@ -529,6 +589,7 @@ class MailStore:
         queue_id = new_queue_id()
         copies: dict[str, LocalCopy] = {}
         entry_ids: list[int] = []
+        published: list[MailboxChange] = []
         async with self._write() as session:
             mailboxes: dict[str, tuple[int, bytes, MailboxStatus]] = {}
             if recipients:
@@ -602,6 +663,7 @@ class MailStore:
                 session.add(message)
                 await session.flush()
                 copies[address] = LocalCopy(folder_id=folder_id, uid=uid, message_id=message.id)
+                published.append(MailboxChange(mailbox_id, folder_id, ChangeKind.NEW, (uid,)))
 
             if groups:
                 wrapped_for_queue = self._master.wrap(content_key)
@@ -624,6 +686,8 @@ class MailStore:
                     await session.flush()
                     entry_ids.append(entry.id)
             body_id = body.id
+        for change in published:
+            self.changes.publish(change)
         log.info(
             "message stored",
             queue_id=queue_id,
@@ -700,3 +764,404 @@ class MailStore:
                     .execution_options(synchronize_session=False)
                 )
         return len(ids)
+
+    async def _release_bodies(self, session: AsyncSession, body_ids: set[int]) -> int:
+        """Delete the given bodies if nothing refers to them any more (same transaction)."""
+        if not body_ids:
+            return 0
+        orphans = list(
+            await session.scalars(
+                select(MessageBody.id).where(
+                    MessageBody.id.in_(body_ids),
+                    ~exists().where(Message.body_id == MessageBody.id),
+                    ~exists().where(QueueEntry.body_id == MessageBody.id),
+                )
+            )
+        )
+        for body_id in orphans:
+            await self._bodies.delete(session, body_id)
+        if orphans:
+            await session.execute(
+                delete(MessageBody)
+                .where(MessageBody.id.in_(orphans))
+                .execution_options(synchronize_session=False)
+            )
+        return len(orphans)
+
+    # -- folders (IMAP) ---------------------------------------------------------------------
+
+    async def _mailbox_id(self, session: AsyncSession, address: str) -> int:
+        addr = normalize_address(address)
+        mailbox_id = await session.scalar(select(Mailbox.id).where(Mailbox.address == addr))
+        if mailbox_id is None:
+            raise MailboxNotFound(f"mailbox {addr} does not exist")
+        return int(mailbox_id)
+
+    async def get_folder(self, address: str, name: str) -> Folder:
+        """A folder of a mailbox by IMAP name; raise FolderNotFound."""
+        wanted = folder_name(name)
+        async with self._read() as session:
+            mailbox_id = await self._mailbox_id(session, address)
+            folder = await session.scalar(
+                select(Folder).where(Folder.mailbox_id == mailbox_id, Folder.name == wanted)
+            )
+        if folder is None:
+            raise FolderNotFound(f"folder {wanted!r} does not exist")
+        return folder
+
+    async def folder_stats(self, folder_id: int) -> FolderStats:
+        """Counts and IMAP state (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ) of one folder."""
+        seen = Message.flags.contains("\\Seen", autoescape=True)
+        async with self._read() as session:
+            row = (
+                await session.execute(
+                    select(
+                        Folder,
+                        func.count(Message.id),
+                        func.coalesce(func.sum(case((seen, 0), else_=1)), 0),
+                        func.coalesce(func.sum(Message.size), 0),
+                    )
+                    .outerjoin(Message, Message.folder_id == Folder.id)
+                    .where(Folder.id == folder_id)
+                    .group_by(Folder.id)
+                )
+            ).one_or_none()
+        if row is None:
+            raise FolderNotFound(f"folder {folder_id} does not exist")
+        folder, count, unseen, size = row
+        return FolderStats(
+            id=folder.id,
+            name=folder.name,
+            special_use=folder.special_use,
+            uidvalidity=folder.uidvalidity,
+            uidnext=folder.uidnext,
+            highestmodseq=folder.highestmodseq,
+            messages=int(count),
+            unseen=int(unseen),
+            bytes=int(size),
+        )
+
+    async def create_folder(self, address: str, name: str, special_use: str | None = None) -> Folder:
+        wanted = folder_name(name)
+        async with self._write() as session:
+            mailbox_id = await self._mailbox_id(session, address)
+            existing = await session.scalar(
+                select(Folder.id).where(Folder.mailbox_id == mailbox_id, Folder.name == wanted)
+            )
+            if existing is not None:
+                raise FolderExists(f"folder {wanted!r} already exists")
+            # Above every UIDVALIDITY this mailbox has now, so a name re-used after RENAME gets a new one.
+            highest = await session.scalar(
+                select(func.max(Folder.uidvalidity)).where(Folder.mailbox_id == mailbox_id)
+            )
+            uidvalidity = max(new_uidvalidity(), int(highest or 0) + 1)
+            folder = Folder(
+                mailbox_id=mailbox_id,
+                name=wanted,
+                special_use=special_use,
+                uidvalidity=uidvalidity,
+                uidnext=1,
+                highestmodseq=1,
+                subscribed=True,
+            )
+            session.add(folder)
+            await session.flush()
+        self.changes.publish(MailboxChange(mailbox_id, folder.id, ChangeKind.FOLDERS))
+        return folder
+
+    async def delete_folder(self, address: str, name: str) -> int:
+        """Delete a folder and its messages (not INBOX); return how many messages went with it."""
+        wanted = folder_name(name)
+        if wanted == INBOX:
+            raise FolderNotAllowed("INBOX cannot be deleted")
+        async with self._write() as session:
+            mailbox_id = await self._mailbox_id(session, address)
+            folder = await session.scalar(
+                select(Folder).where(Folder.mailbox_id == mailbox_id, Folder.name == wanted)
+            )
+            if folder is None:
+                raise FolderNotFound(f"folder {wanted!r} does not exist")
+            body_ids = set(
+                await session.scalars(select(Message.body_id).where(Message.folder_id == folder.id))
+            )
+            removed = await session.execute(
+                delete(Message)
+                .where(Message.folder_id == folder.id)
+                .execution_options(synchronize_session=False)
+            )
+            await session.delete(folder)
+            await session.flush()
+            await self._release_bodies(session, body_ids)
+            folder_id = folder.id
+        self.changes.publish(MailboxChange(mailbox_id, folder_id, ChangeKind.FOLDERS))
+        return int(getattr(removed, "rowcount", 0) or 0)
+
+    async def rename_folder(self, address: str, old: str, new: str, *, delimiter: str = "/") -> Folder:
+        """RENAME: the folder and its inferiors (`old<delimiter>...`) move to `new`.
+
+        Renaming INBOX moves its messages into a new folder and leaves INBOX empty (RFC 3501 6.3.5).
+        """
+        old_name, new_name = folder_name(old), folder_name(new)
+        if new_name == INBOX:
+            raise FolderNotAllowed("a folder cannot be renamed to INBOX")
+        async with self._write() as session:
+            mailbox_id = await self._mailbox_id(session, address)
+            folders = {
+                f.name: f
+                for f in await session.scalars(select(Folder).where(Folder.mailbox_id == mailbox_id))
+            }
+            source = folders.get(old_name)
+            if source is None:
+                raise FolderNotFound(f"folder {old_name!r} does not exist")
+            if new_name in folders:
+                raise FolderExists(f"folder {new_name!r} already exists")
+            if old_name == INBOX:
+                highest = max(f.uidvalidity for f in folders.values())
+                target = Folder(
+                    mailbox_id=mailbox_id,
+                    name=new_name,
+                    uidvalidity=max(new_uidvalidity(), highest + 1),
+                    uidnext=source.uidnext,
+                    highestmodseq=source.highestmodseq,
+                    subscribed=True,
+                )
+                session.add(target)
+                await session.flush()
+                await session.execute(
+                    update(Message)
+                    .where(Message.folder_id == source.id)
+                    .values(folder_id=target.id)
+                    .execution_options(synchronize_session=False)
+                )
+                # INBOX keeps its UIDVALIDITY and UIDNEXT: its old UIDs must never be reused.
+                source.highestmodseq += 1
+                result = target
+            else:
+                prefix = old_name + delimiter
+                inferiors = [f for n, f in folders.items() if n.startswith(prefix)]
+                for inferior in inferiors:
+                    renamed = new_name + delimiter + inferior.name[len(prefix) :]
+                    if renamed in folders:
+                        raise FolderExists(f"folder {renamed!r} already exists")
+                    inferior.name = renamed
+                source.name = new_name
+                result = source
+            await session.flush()
+        self.changes.publish(MailboxChange(mailbox_id, None, ChangeKind.FOLDERS))
+        return result
+
+    # -- messages in a folder (IMAP) -------------------------------------------------------------
+
+    async def list_messages(
+        self, folder_id: int, *, changed_since: int | None = None, uids: Sequence[int] | None = None
+    ) -> list[MessageInfo]:
+        """Messages of a folder in UID order (optionally only those with modseq > changed_since)."""
+        query = select(
+            Message.id, Message.uid, Message.flags, Message.internal_date, Message.size, Message.modseq
+        ).where(Message.folder_id == folder_id)
+        if changed_since is not None:
+            query = query.where(Message.modseq > changed_since)
+        if uids is not None:
+            query = query.where(Message.uid.in_(list(uids)))
+        async with self._read() as session:
+            rows = (await session.execute(query.order_by(Message.uid))).all()
+        return [
+            MessageInfo(
+                message_id=mid,
+                uid=int(uid),
+                flags=_flag_tuple(flags),
+                internal_date=_aware(when),
+                size=int(size),
+                modseq=int(modseq),
+            )
+            for mid, uid, flags, when, size, modseq in rows
+        ]
+
+    async def _lock_folder(self, session: AsyncSession, folder_id: int) -> Folder:
+        # FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers.
+        folder = await session.scalar(select(Folder).where(Folder.id == folder_id).with_for_update())
+        if folder is None:
+            raise FolderNotFound(f"folder {folder_id} does not exist")
+        return folder
+
+    async def update_flags(
+        self,
+        folder_id: int,
+        uids: Sequence[int],
+        flags: Sequence[str],
+        mode: FlagMode,
+        *,
+        unchanged_since: int | None = None,
+    ) -> FlagUpdate:
+        """STORE: set, add or remove flags; changed messages get one new modseq (RFC 7162)."""
+        wanted = _normalize_flags(flags).split() if flags else []
+        changed: list[MessageInfo] = []
+        unchanged: list[MessageInfo] = []
+        modified: list[int] = []
+        async with self._write() as session:
+            folder = await self._lock_folder(session, folder_id)
+            rows = (
+                await session.execute(
+                    select(
+                        Message.id,
+                        Message.uid,
+                        Message.flags,
+                        Message.internal_date,
+                        Message.size,
+                        Message.modseq,
+                    )
+                    .where(Message.folder_id == folder_id, Message.uid.in_(list(uids)))
+                    .order_by(Message.uid)
+                )
+            ).all()
+            pending: list[tuple[int, int, str, datetime, int]] = []
+            for mid, uid, current_text, when, size, modseq in rows:
+                current = list(_flag_tuple(current_text))
+                if mode is FlagMode.SET:
+                    result = list(wanted)
+                elif mode is FlagMode.ADD:
+                    result = current + [f for f in wanted if f not in current]
+                else:
+                    result = [f for f in current if f not in wanted]
+                if unchanged_since is not None and modseq > unchanged_since:
+                    modified.append(int(uid))
+                    continue
+                info = MessageInfo(mid, int(uid), tuple(result), _aware(when), int(size), int(modseq))
+                if set(result) == set(current):
+                    unchanged.append(info)
+                else:
+                    pending.append((mid, int(uid), " ".join(result), _aware(when), int(size)))
+            if pending:
+                folder.highestmodseq += 1
+                new_modseq = folder.highestmodseq
+                for mid, uid, new_text, when, size in pending:
+                    await session.execute(
+                        update(Message)
+                        .where(Message.id == mid)
+                        .values(flags=new_text, modseq=new_modseq)
+                        .execution_options(synchronize_session=False)
+                    )
+                    changed.append(MessageInfo(mid, uid, _flag_tuple(new_text), when, size, new_modseq))
+                await session.flush()
+            mailbox_id = folder.mailbox_id
+        if changed:
+            self.changes.publish(
+                MailboxChange(mailbox_id, folder_id, ChangeKind.FLAGS, tuple(m.uid for m in changed))
+            )
+        return FlagUpdate(changed=changed, unchanged=unchanged, modified=modified)
+
+    async def expunge(self, folder_id: int, uids: Sequence[int] | None = None) -> list[int]:
+        """Remove the messages flagged \\Deleted (only among `uids` if given); return their UIDs."""
+        async with self._write() as session:
+            folder = await self._lock_folder(session, folder_id)
+            query = select(Message.id, Message.uid, Message.body_id, Message.flags).where(
+                Message.folder_id == folder_id, Message.flags.contains("\\Deleted", autoescape=True)
+            )
+            if uids is not None:
+                query = query.where(Message.uid.in_(list(uids)))
+            rows = [r for r in (await session.execute(query)).all() if "\\Deleted" in _flag_tuple(r[3])]
+            if rows:
+                await session.execute(
+                    delete(Message)
+                    .where(Message.id.in_([r[0] for r in rows]))
+                    .execution_options(synchronize_session=False)
+                )
+                folder.highestmodseq += 1
+                await session.flush()
+                await self._release_bodies(session, {int(r[2]) for r in rows})
+            mailbox_id = folder.mailbox_id
+        removed = sorted(int(r[1]) for r in rows)
+        if removed:
+            self.changes.publish(MailboxChange(mailbox_id, folder_id, ChangeKind.EXPUNGE, tuple(removed)))
+        return removed
+
+    async def copy_messages(
+        self, folder_id: int, uids: Sequence[int], dest_folder_id: int, *, move: bool = False
+    ) -> list[tuple[int, int]]:
+        """COPY (or MOVE) messages; return (source UID, new UID) pairs in source UID order.
+
+        The body is shared, not duplicated. Across mailboxes the content key is re-wrapped with the
+        destination mailbox's data key.
+        """
+        if folder_id == dest_folder_id and move:
+            raise FolderNotAllowed("cannot move messages into the folder they are in")
+        mapping: list[tuple[int, int]] = []
+        async with self._write() as session:
+            # Lock both folders in id order, like deliveries do, so that concurrent copies cannot deadlock.
+            locked = {
+                fid: await self._lock_folder(session, fid) for fid in sorted({folder_id, dest_folder_id})
+            }
+            source, dest = locked[folder_id], locked[dest_folder_id]
+            rows = (
+                (
+                    await session.execute(
+                        select(Message)
+                        .where(Message.folder_id == folder_id, Message.uid.in_(list(uids)))
+                        .order_by(Message.uid)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if not rows:
+                return []
+            rewrap: tuple[bytes, bytes] | None = None
+            if source.mailbox_id != dest.mailbox_id:
+                keys = dict(
+                    (
+                        await session.execute(
+                            select(Mailbox.id, Mailbox.wrapped_data_key).where(
+                                Mailbox.id.in_([source.mailbox_id, dest.mailbox_id])
+                            )
+                        )
+                    ).all()
+                )
+                rewrap = (
+                    self._master.unwrap(keys[source.mailbox_id]),
+                    self._master.unwrap(keys[dest.mailbox_id]),
+                )
+            first_uid = dest.uidnext
+            dest.uidnext += len(rows)
+            dest.highestmodseq += 1
+            for offset, message in enumerate(rows):
+                wrapped = message.wrapped_body_key
+                if rewrap is not None:
+                    content_key = unwrap_key(rewrap[0], wrapped, what=f"content key of message {message.id}")
+                    wrapped = wrap_key(rewrap[1], content_key)
+                session.add(
+                    Message(
+                        folder_id=dest.id,
+                        mailbox_id=dest.mailbox_id,
+                        uid=first_uid + offset,
+                        body_id=message.body_id,
+                        wrapped_body_key=wrapped,
+                        flags=message.flags,
+                        internal_date=message.internal_date,
+                        size=message.size,
+                        modseq=dest.highestmodseq,
+                    )
+                )
+                mapping.append((message.uid, first_uid + offset))
+            if move:
+                await session.execute(
+                    delete(Message)
+                    .where(Message.id.in_([m.id for m in rows]))
+                    .execution_options(synchronize_session=False)
+                )
+                source.highestmodseq += 1
+            await session.flush()
+            source_mailbox, dest_mailbox = source.mailbox_id, dest.mailbox_id
+        self.changes.publish(
+            MailboxChange(dest_mailbox, dest_folder_id, ChangeKind.NEW, tuple(new for _, new in mapping))
+        )
+        if move:
+            self.changes.publish(
+                MailboxChange(source_mailbox, folder_id, ChangeKind.EXPUNGE, tuple(old for old, _ in mapping))
+            )
+        return mapping
+
+    async def move_messages(
+        self, folder_id: int, uids: Sequence[int], dest_folder_id: int
+    ) -> list[tuple[int, int]]:
+        """MOVE (RFC 6851): copy then remove the originals, in one transaction."""
+        return await self.copy_messages(folder_id, uids, dest_folder_id, move=True)

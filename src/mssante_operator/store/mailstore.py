@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import NamedTuple
 
-from sqlalchemy import and_, case, delete, exists, func, select, text, update
+from sqlalchemy import and_, case, delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -300,7 +300,11 @@ class MailStore:
         """
         async with self._sessions() as session:
             if session.get_bind().dialect.name == "sqlite":
-                await session.execute(text("BEGIN IMMEDIATE"))
+                conn = await session.connection()
+                raw = await conn.get_raw_connection()
+                # Skip if something (an engine "begin" hook) already opened the transaction.
+                if not getattr(raw.driver_connection, "in_transaction", False):
+                    await conn.exec_driver_sql("BEGIN IMMEDIATE")
             try:
                 yield session
                 await session.commit()

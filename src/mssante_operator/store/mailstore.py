@@ -278,6 +278,9 @@ class MailStore:
         self._bodies: BodyStorage = bodies if bodies is not None else DatabaseBodyStorage()
         #: Subscribe here to be told of new messages, flag changes and expunges (IMAP IDLE).
         self.changes = changes if changes is not None else ChangeHub()
+        # SQLite has one writer at a time. Queueing this process's writers here is fair (FIFO);
+        # leaving them to SQLite's busy handler makes unlucky ones poll for seconds.
+        self._sqlite_writer = asyncio.Lock()
 
     @property
     def body_storage(self) -> BodyStorage:
@@ -299,18 +302,26 @@ class MailStore:
         taken by the UPDATEs that allocate UIDs serialise concurrent deliveries to a folder.
         """
         async with self._sessions() as session:
-            if session.get_bind().dialect.name == "sqlite":
+            if session.get_bind().dialect.name != "sqlite":
+                try:
+                    yield session
+                    await session.commit()
+                except BaseException:
+                    await session.rollback()
+                    raise
+                return
+            async with self._sqlite_writer:
                 conn = await session.connection()
                 raw = await conn.get_raw_connection()
                 # Skip if something (an engine "begin" hook) already opened the transaction.
                 if not getattr(raw.driver_connection, "in_transaction", False):
                     await conn.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                yield session
-                await session.commit()
-            except BaseException:
-                await session.rollback()
-                raise
+                try:
+                    yield session
+                    await session.commit()
+                except BaseException:
+                    await session.rollback()
+                    raise
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncSession]:
@@ -636,41 +647,11 @@ class MailStore:
                     .execution_options(synchronize_session=False)
                 )
 
-            # Allocate UIDs in folder-id order so concurrent multi-recipient deliveries take the
-            # row locks in the same order and cannot deadlock.
-            for address in sorted(recipients, key=lambda a: folder_of[mailboxes[a][0]]):
-                mailbox_id, wrapped_data_key, _ = mailboxes[address]
-                folder_id = folder_of[mailbox_id]
-                allocated = (
-                    await session.execute(
-                        update(Folder)
-                        .where(Folder.id == folder_id)
-                        .values(uidnext=Folder.uidnext + 1, highestmodseq=Folder.highestmodseq + 1)
-                        .returning(Folder.uidnext, Folder.highestmodseq)
-                        .execution_options(synchronize_session=False)
-                    )
-                ).one()
-                uid = int(allocated[0]) - 1
-                modseq = int(allocated[1])
-                data_key = self._master.unwrap(wrapped_data_key)
-                message = Message(
-                    folder_id=folder_id,
-                    mailbox_id=mailbox_id,
-                    uid=uid,
-                    body_id=body.id,
-                    wrapped_body_key=wrap_key(data_key, content_key),
-                    flags=flag_text,
-                    internal_date=when,
-                    size=len(raw),
-                    modseq=modseq,
-                )
-                session.add(message)
-                await session.flush()
-                copies[address] = LocalCopy(folder_id=folder_id, uid=uid, message_id=message.id)
-                published.append(MailboxChange(mailbox_id, folder_id, ChangeKind.NEW, (uid,)))
-
+            # Queue entries first: they need no lock, and the folder row locks below are held until
+            # the commit, so the less work after them, the more deliveries per second a folder takes.
             if groups:
                 wrapped_for_queue = self._master.wrap(content_key)
+                entries: list[QueueEntry] = []
                 for (domain, mail_from, envid, ret), deliveries in groups.items():
                     entry = QueueEntry(
                         queue_id=queue_id,
@@ -686,9 +667,52 @@ class MailStore:
                         QueueRecipient(address=d.recipient, orcpt=d.orcpt, notify=d.notify)
                         for d in deliveries
                     ]
-                    session.add(entry)
-                    await session.flush()
-                    entry_ids.append(entry.id)
+                    entries.append(entry)
+                session.add_all(entries)
+                await session.flush()
+                entry_ids = [e.id for e in entries]
+
+            # Wrap the content key for each mailbox before taking any lock (CPU only).
+            wrapped_for: dict[str, bytes] = {
+                address: wrap_key(self._master.unwrap(mailboxes[address][1]), content_key)
+                for address in recipients
+            }
+            # Allocate UIDs in folder-id order so concurrent multi-recipient deliveries take the
+            # row locks in the same order and cannot deadlock.
+            messages: list[tuple[str, Message]] = []
+            for address in sorted(recipients, key=lambda a: folder_of[mailboxes[a][0]]):
+                mailbox_id = mailboxes[address][0]
+                folder_id = folder_of[mailbox_id]
+                allocated = (
+                    await session.execute(
+                        update(Folder)
+                        .where(Folder.id == folder_id)
+                        .values(uidnext=Folder.uidnext + 1, highestmodseq=Folder.highestmodseq + 1)
+                        .returning(Folder.uidnext, Folder.highestmodseq)
+                        .execution_options(synchronize_session=False)
+                    )
+                ).one()
+                message = Message(
+                    folder_id=folder_id,
+                    mailbox_id=mailbox_id,
+                    uid=int(allocated[0]) - 1,
+                    body_id=body.id,
+                    wrapped_body_key=wrapped_for[address],
+                    flags=flag_text,
+                    internal_date=when,
+                    size=len(raw),
+                    modseq=int(allocated[1]),
+                )
+                messages.append((address, message))
+            session.add_all([m for _, m in messages])
+            await session.flush()
+            for address, message in messages:
+                copies[address] = LocalCopy(
+                    folder_id=message.folder_id, uid=message.uid, message_id=message.id
+                )
+                published.append(
+                    MailboxChange(message.mailbox_id, message.folder_id, ChangeKind.NEW, (message.uid,))
+                )
             body_id = body.id
         for change in published:
             self.changes.publish(change)

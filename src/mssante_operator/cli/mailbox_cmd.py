@@ -192,7 +192,7 @@ def show_cmd(ctx: typer.Context, address: str = typer.Argument(..., help="Mailbo
             f"({100 * summary.bytes_used / mb.quota_bytes:.1f}%)",
         ),
         ("messages", str(summary.messages)),
-        ("created", mb.created_at.strftime("%Y-%m-%d %H:%M:%S %Z")),
+        ("created", mb.created_at.strftime("%Y-%m-%d %H:%M:%S") + " UTC"),
     ]
     for key, value in lines:
         console.print(f"  {key:<18} {value}", highlight=False)

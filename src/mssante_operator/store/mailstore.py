@@ -607,6 +607,7 @@ class MailStore:
         published: list[MailboxChange] = []
         async with self._write() as session:
             mailboxes: dict[str, tuple[int, bytes, MailboxStatus]] = {}
+            folder_of: dict[int, int] = {}
             if recipients:
                 rows = await session.execute(
                     select(Mailbox.address, Mailbox.id, Mailbox.wrapped_data_key, Mailbox.status).where(

@@ -457,3 +457,17 @@ def test_queue_ids_are_unique_and_printable() -> None:
     ids = {new_queue_id() for _ in range(5000)}
     assert len(ids) == 5000
     assert all(len(i) == 16 and i.isascii() and i.isalnum() for i in ids)
+
+
+async def test_build_mailstore_from_settings(engine: AsyncEngine, tmp_path: Path) -> None:
+    from mssante_operator.config.models import StoreSettings
+    from mssante_operator.store.crypto import KeyFileError
+    from mssante_operator.store.mailstore import build_mailstore
+
+    settings = StoreSettings(master_key_file=tmp_path / "master.key")
+    with pytest.raises(KeyFileError, match="does not exist"):
+        build_mailstore(settings, session_factory(engine))
+    key = MasterKey.generate(tmp_path / "master.key")
+    store = build_mailstore(settings, session_factory(engine))
+    assert store.master_key_fingerprint == key.fingerprint
+    assert isinstance(store.body_storage, DatabaseBodyStorage)

@@ -9,7 +9,7 @@ from mssante_operator.cli.common import EXIT_CONFIG, fail, store_engine
 from mssante_operator.config import Settings
 from mssante_operator.store import schema_state, session_factory
 from mssante_operator.store.crypto import KeyFileError, MasterKey
-from mssante_operator.store.mailstore import MailStore
+from mssante_operator.store.mailstore import MailStore, body_storage_for
 
 
 def load_master_key(settings: Settings) -> MasterKey:
@@ -33,4 +33,4 @@ async def open_mailstore(settings: Settings) -> AsyncIterator[MailStore]:
                 f"store schema is at {state.current or 'empty'}, newest is {state.head}: "
                 "run `mssante-operator db upgrade`"
             )
-        yield MailStore(session_factory(engine), master_key)
+        yield MailStore(session_factory(engine), master_key, body_storage_for(settings.store.body_backend))

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mssante_operator.addresses import normalize_address, normalize_domain
-from mssante_operator.config.models import MailboxType
+from mssante_operator.config.models import MailboxType, StoreSettings
 from mssante_operator.ops.logging import get_logger
 from mssante_operator.store.bodies import BodyStorage, DatabaseBodyStorage, body_aad
 from mssante_operator.store.crypto import (
@@ -1194,3 +1194,22 @@ class MailStore:
     ) -> list[tuple[int, int]]:
         """MOVE (RFC 6851): copy then remove the originals, in one transaction."""
         return await self.copy_messages(folder_id, uids, dest_folder_id, move=True)
+
+
+def body_storage_for(backend: str) -> BodyStorage:
+    """The BodyStorage named by `store.body_backend`."""
+    if backend == "database":
+        return DatabaseBodyStorage()
+    raise ValueError(f"store.body_backend {backend!r} is not supported (available: database)")
+
+
+def build_mailstore(
+    settings: StoreSettings, sessions: async_sessionmaker[AsyncSession], *, changes: ChangeHub | None = None
+) -> MailStore:
+    """The MailStore a `serve` process uses; raises KeyFileError if the master key file is unusable."""
+    return MailStore(
+        sessions,
+        MasterKey.load(settings.master_key_file),
+        body_storage_for(settings.body_backend),
+        changes=changes,
+    )

@@ -13,9 +13,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mssante_operator.config import MailboxType
+from mssante_operator.config.models import StoreSettings
 from mssante_operator.store import session_factory
 from mssante_operator.store.bodies import BodyStorage, DatabaseBodyStorage
-from mssante_operator.store.crypto import BodyIntegrityError, KeyUnwrapError, MasterKey
+from mssante_operator.store.crypto import BodyIntegrityError, KeyFileError, KeyUnwrapError, MasterKey
 from mssante_operator.store.mailstore import (
     DEFAULT_FOLDERS,
     DomainExists,
@@ -30,6 +31,7 @@ from mssante_operator.store.mailstore import (
     NoRecipients,
     OutboundDelivery,
     QueueEntryNotFound,
+    build_mailstore,
     new_queue_id,
 )
 from mssante_operator.store.models import (
@@ -460,10 +462,6 @@ def test_queue_ids_are_unique_and_printable() -> None:
 
 
 async def test_build_mailstore_from_settings(engine: AsyncEngine, tmp_path: Path) -> None:
-    from mssante_operator.config.models import StoreSettings
-    from mssante_operator.store.crypto import KeyFileError
-    from mssante_operator.store.mailstore import build_mailstore
-
     settings = StoreSettings(master_key_file=tmp_path / "master.key")
     with pytest.raises(KeyFileError, match="does not exist"):
         build_mailstore(settings, session_factory(engine))

@@ -75,7 +75,7 @@ def upgrade() -> None:
         sa.Column("display_name", sa.String(length=200), nullable=True),
         sa.Column(
             "status",
-            sa.Enum("ACTIVE", "SUSPENDED", "CLOSED", name="mailbox_status", native_enum=False, length=10),
+            sa.Enum("active", "suspended", "closed", name="mailbox_status", native_enum=False, length=10),
             nullable=False,
         ),
         sa.Column("quota_bytes", sa.BigInteger(), nullable=False),
@@ -109,7 +109,7 @@ def upgrade() -> None:
         sa.Column("ret", sa.String(length=4), nullable=True),
         sa.Column(
             "status",
-            sa.Enum("PENDING", "DONE", "FAILED", name="queue_status", native_enum=False, length=10),
+            sa.Enum("pending", "done", "failed", name="queue_status", native_enum=False, length=10),
             nullable=False,
         ),
         sa.Column("attempts", sa.Integer(), nullable=False),
@@ -161,10 +161,10 @@ def upgrade() -> None:
         sa.Column(
             "status",
             sa.Enum(
-                "PENDING",
-                "DELIVERED",
-                "DEFERRED",
-                "FAILED",
+                "pending",
+                "delivered",
+                "deferred",
+                "failed",
                 name="recipient_status",
                 native_enum=False,
                 length=10,

@@ -41,6 +41,11 @@ NAMING_CONVENTION = {
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
+def _values(enum: type[StrEnum]) -> list[str]:
+    # Store the lowercase values ("active"), not the member names, so SQL reads naturally.
+    return [member.value for member in enum]
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -87,13 +92,13 @@ class Mailbox(Base):
     domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id", ondelete="RESTRICT"), index=True)
     address: Mapped[str] = mapped_column(String(320), unique=True)
     type: Mapped[MailboxType] = mapped_column(
-        Enum(MailboxType, name="mailbox_type", native_enum=False, length=3)
+        Enum(MailboxType, name="mailbox_type", native_enum=False, length=3, values_callable=_values)
     )
     owner_national_id: Mapped[str | None] = mapped_column(String(12), index=True)
     structure_id: Mapped[str | None] = mapped_column(String(20), index=True)
     display_name: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[MailboxStatus] = mapped_column(
-        Enum(MailboxStatus, name="mailbox_status", native_enum=False, length=10),
+        Enum(MailboxStatus, name="mailbox_status", native_enum=False, length=10, values_callable=_values),
         default=MailboxStatus.ACTIVE,
     )
     quota_bytes: Mapped[int] = mapped_column(BigInteger, default=2 * 1024**3)
@@ -179,7 +184,8 @@ class QueueEntry(Base):
     envid: Mapped[str | None] = mapped_column(String(100))
     ret: Mapped[str | None] = mapped_column(String(4))
     status: Mapped[QueueStatus] = mapped_column(
-        Enum(QueueStatus, name="queue_status", native_enum=False, length=10), default=QueueStatus.PENDING
+        Enum(QueueStatus, name="queue_status", native_enum=False, length=10, values_callable=_values),
+        default=QueueStatus.PENDING,
     )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -202,7 +208,7 @@ class QueueRecipient(Base):
     orcpt: Mapped[str | None] = mapped_column(String(500))
     notify: Mapped[str | None] = mapped_column(String(40))
     status: Mapped[RecipientStatus] = mapped_column(
-        Enum(RecipientStatus, name="recipient_status", native_enum=False, length=10),
+        Enum(RecipientStatus, name="recipient_status", native_enum=False, length=10, values_callable=_values),
         default=RecipientStatus.PENDING,
     )
     last_reply: Mapped[str | None] = mapped_column(Text)

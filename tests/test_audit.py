@@ -628,3 +628,40 @@ async def test_export_filters_and_lines_reverify(sessions: async_sessionmaker[As
     actor = await export(mailbox="user5@hopital.mssante.test", until=T0 + timedelta(hours=1))
     assert [r["seq"] for r in actor] == [5]
     assert await export(since=T0 + timedelta(days=1)) == []
+
+
+async def test_anchors_catch_a_consistent_rewrite(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """Someone who recomputes every later hash and the head fools the chain, not an anchor."""
+    await write_chain(sessions, 6)
+    before = await verify_chain(sessions)
+    assert before.ok and before.head_seq == 6 and before.head_hash is not None
+    async with sessions() as session, session.begin():
+        records = (await session.scalars(select(AuditRecord).order_by(AuditRecord.seq))).all()
+        prev = records[1].hash
+        for rec in records[2:]:
+            if rec.seq == 3:
+                rec.actor = "rewritten@x"
+            rec.prev_hash = prev
+            rec.hash = record_hash(
+                prev,
+                seq=rec.seq,
+                ts=rec.ts,
+                event=rec.event,
+                outcome=rec.outcome,
+                actor=rec.actor,
+                mailbox=rec.mailbox,
+                message_ref=rec.message_ref,
+                remote_addr=rec.remote_addr,
+                cert_subject=rec.cert_subject,
+                reason=rec.reason,
+                details=rec.details,
+            )
+            prev = rec.hash
+        await session.execute(update(AuditChainHead).values(hash=prev))
+    assert (await verify_chain(sessions)).ok
+    caught = await verify_chain(sessions, anchors={6: before.head_hash})
+    assert (caught.ok, caught.first_bad_seq) == (False, 6)
+    assert "anchor" in (caught.problem or "")
+    ahead = await verify_chain(sessions, anchors={9: before.head_hash})
+    assert (ahead.ok, ahead.first_bad_seq) == (False, 9)
+    assert "not in the chain" in (ahead.problem or "")

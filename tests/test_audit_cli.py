@@ -191,3 +191,17 @@ def test_commands_refuse_a_store_that_is_not_migrated(config: Path, db: Path) ->
     code, output = cli(config, "verify")
     assert code == 1, output
     assert "db upgrade" in output
+
+
+def test_verify_with_the_printed_anchor(config: Path, db: Path) -> None:
+    populate(db, 3)
+    code, output = cli(config, "verify")
+    assert code == 0, output
+    anchor = " ".join(output.split()).split("--anchor ")[1].split()[0]
+    assert anchor.startswith("3:")
+    code, output = cli(config, "verify", "--anchor", anchor)
+    assert code == 0, output
+    code, output = cli(config, "verify", "--anchor", "3:" + "0" * 64)
+    assert code == 3 and "seq 3" in output, output
+    code, output = cli(config, "verify", "--anchor", "three:abc")
+    assert code == 2 and "is not SEQ:HASH" in " ".join(output.split()), output

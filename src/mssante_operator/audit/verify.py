@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -33,9 +34,17 @@ async def _first_beyond_head(sessions: async_sessionmaker[AsyncSession]) -> tupl
 
 
 async def verify_chain(
-    sessions: async_sessionmaker[AsyncSession], *, page_size: int = PAGE_SIZE
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    anchors: Mapping[int, str] | None = None,
+    page_size: int = PAGE_SIZE,
 ) -> VerifyResult:
-    """Walk the chain in seq order (constant memory) and report the first broken record."""
+    """Walk the chain in seq order (constant memory) and report the first broken record.
+
+    `anchors` maps seqs to hashes noted earlier outside the server (e.g. the head printed by a
+    previous `audit verify`): a chain rewritten consistently from before an anchor is caught there.
+    """
+    wanted = {int(k): v.strip().lower() for k, v in (anchors or {}).items()}
     async with sessions() as session:
         head = await read_head(session)
     if head is None:
@@ -83,6 +92,14 @@ async def verify_chain(
                 f"record {rec.seq} does not match its hash: a field of it was altered",
                 count,
             )
+        anchored = wanted.get(rec.seq)
+        if anchored is not None and anchored != rec.hash:
+            return bad(
+                rec.seq,
+                f"record {rec.seq}'s hash {rec.hash[:16]}… differs from the anchor {anchored[:16]}… "
+                "noted earlier: the chain was rewritten",
+                count,
+            )
         count += 1
         expected_prev = rec.hash
         expected_seq += 1
@@ -98,6 +115,13 @@ async def verify_chain(
             head.seq,
             f"record {head.seq}'s hash differs from the one the chain head holds "
             "(the last record was replaced or the head altered)",
+            count,
+        )
+    unreached = sorted(seq for seq in wanted if not head.base_seq < seq <= head.seq)
+    if unreached:
+        return bad(
+            unreached[0],
+            f"anchored record {unreached[0]} is not in the chain (seq {head.base_seq + 1}..{head.seq})",
             count,
         )
     beyond, now_head = await _first_beyond_head(sessions)

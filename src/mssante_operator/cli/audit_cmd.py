@@ -70,14 +70,38 @@ async def _store(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSe
         yield session_factory(engine)
 
 
+def parse_anchor(value: str) -> tuple[int, str]:
+    seq_text, sep, digest = value.partition(":")
+    digest = digest.strip().lower()
+    if not sep or not seq_text.strip().isdigit() or len(digest) != 64 or not _is_hex(digest):
+        raise typer.BadParameter(
+            f"{value!r} is not SEQ:HASH (a record number, a colon and its 64-hex-digit hash, as printed "
+            "by an earlier `audit verify`)",
+            param_hint="--anchor",
+        )
+    return int(seq_text), digest
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
+
+
 @app.command("verify")
-def verify_cmd(ctx: typer.Context) -> None:
+def verify_cmd(
+    ctx: typer.Context,
+    anchor: list[str] = typer.Option(
+        [],
+        "--anchor",
+        help="SEQ:HASH noted from an earlier verify (repeatable); the record must still have that hash.",
+    ),
+) -> None:
     """Check the whole chain; exit 0 if intact, 3 naming the first broken record otherwise."""
+    anchors = dict(parse_anchor(value) for value in anchor)
     settings = state(ctx).settings()
 
     async def go() -> VerifyResult:
         async with _store(settings) as sessions:
-            return await verify_chain(sessions)
+            return await verify_chain(sessions, anchors=anchors)
 
     try:
         result = run(go())
@@ -95,8 +119,8 @@ def verify_cmd(ctx: typer.Context) -> None:
         )
         raise typer.Exit(EXIT_BROKEN)
     console.print(
-        f"audit chain intact: {result.records} record(s), head seq {result.head_seq}, "
-        f"head hash {result.head_hash}",
+        f"audit chain intact: {result.records} record(s); note this anchor outside the server: "
+        f"--anchor {result.head_seq}:{result.head_hash}",
         highlight=False,
         soft_wrap=True,
     )

@@ -26,6 +26,7 @@ from mssante_operator.audit import (
     AuditOutcome,
     AuditWriteError,
     export_records,
+    prune_before,
     record_hash,
     verify_chain,
 )
@@ -665,3 +666,54 @@ async def test_anchors_catch_a_consistent_rewrite(sessions: async_sessionmaker[A
     ahead = await verify_chain(sessions, anchors={9: before.head_hash})
     assert (ahead.ok, ahead.first_bad_seq) == (False, 9)
     assert "not in the chain" in (ahead.problem or "")
+
+
+async def test_pruning_keeps_a_verifiable_chain(sessions: async_sessionmaker[AsyncSession]) -> None:
+    await write_chain(sessions, 10)  # ts = T0 + i minutes
+    dry = await prune_before(sessions, T0 + timedelta(minutes=5), dry_run=True)
+    assert (dry.removed, dry.first_seq, dry.last_seq) == (4, 1, 4)
+    assert await seqs(sessions) == list(range(1, 11))
+
+    pruned = await prune_before(sessions, T0 + timedelta(minutes=5), actor="os:admin")
+    assert (pruned.removed, pruned.first_seq, pruned.last_seq, pruned.base_seq) == (4, 1, 4, 4)
+    assert await seqs(sessions) == list(range(5, 12))
+    result = await verify_chain(sessions)
+    assert result.ok, result.problem
+    assert (result.records, result.head_seq) == (7, 11)
+    async with sessions() as session:
+        note = (await session.execute(select(AuditRecord).where(AuditRecord.seq == 11))).scalar_one()
+    assert note.event == "audit.pruned" and note.actor == "os:admin"
+    assert note.details["removed"] == 4 and note.details["last_hash"] == pruned.base_hash
+    assert (await prune_before(sessions, T0 + timedelta(minutes=5))).removed == 0
+    stale = await verify_chain(sessions, anchors={2: "0" * 64})
+    assert (stale.ok, stale.first_bad_seq) == (False, 2) and "pruned" in (stale.problem or "")
+
+    # The first kept record must still link to the removed one.
+    await execute(sessions, delete(AuditRecord).where(AuditRecord.seq == 5))
+    result = await verify_chain(sessions)
+    assert (result.ok, result.first_bad_seq) == (False, 5)
+
+
+async def test_pruning_everything_and_going_on(sessions: async_sessionmaker[AsyncSession]) -> None:
+    await write_chain(sessions, 3)
+    pruned = await prune_before(sessions, T0 + timedelta(days=365))
+    assert pruned.removed == 3
+    await write_chain(sessions, 2)
+    result = await verify_chain(sessions)
+    assert result.ok, result.problem
+    assert (result.records, result.head_seq) == (3, 6)
+    await execute(
+        sessions,
+        insert(AuditRecord).values(
+            seq=2,
+            ts=T0,
+            event="auth.success",
+            outcome="success",
+            details={},
+            prev_hash="0" * 64,
+            hash="0" * 64,
+        ),
+    )
+    result = await verify_chain(sessions)
+    assert (result.ok, result.first_bad_seq) == (False, 2)
+    assert "before the start of the chain" in (result.problem or "")

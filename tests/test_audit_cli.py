@@ -205,3 +205,24 @@ def test_verify_with_the_printed_anchor(config: Path, db: Path) -> None:
     assert code == 3 and "seq 3" in output, output
     code, output = cli(config, "verify", "--anchor", "three:abc")
     assert code == 2 and "is not SEQ:HASH" in " ".join(output.split()), output
+
+
+def test_prune_asks_then_removes_and_refuses_a_broken_chain(config: Path, db: Path) -> None:
+    populate(db, 6)  # ts = 09:00 .. 14:00
+    code, output = cli(config, "prune", "--before", "2026-11-01T12:00:00Z")
+    assert code == 0, output
+    assert "would remove 3 record(s), seq 1..3" in " ".join(output.split())
+    code, output = cli(config, "prune", "--before", "2026-11-01T12:00:00Z", "--yes")
+    assert code == 0, output
+    assert "removed 3 record(s)" in output
+    code, output = cli(config, "verify")
+    assert code == 0 and "4 record(s)" in output, output  # 4..6 and the audit.pruned record
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE audit_records SET outcome = 'refused' WHERE seq = 5")
+    code, output = cli(config, "prune", "--before", "2030-01-01", "--yes")
+    assert code == 3, output
+    assert "seq 5" in output and "nothing removed" in output
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM audit_records").fetchone() == (4,)
+    code, output = cli(config, "prune", "--before", "soon")
+    assert code == 2 and "--before" in output, output

@@ -9,6 +9,7 @@ from mssante_operator.audit.chain import GENESIS_HASH, canonical_record, format_
 from mssante_operator.audit.events import AuditEvent, AuditEventType, AuditOutcome
 from mssante_operator.audit.export import export_records
 from mssante_operator.audit.log import AuditLog, AuditStats, AuditWriteError
+from mssante_operator.audit.prune import PruneResult, prune_before
 from mssante_operator.audit.reader import StoredRecord, UnreadableRecord, last_records
 from mssante_operator.audit.verify import VerifyResult, verify_chain
 
@@ -20,6 +21,7 @@ __all__ = [
     "AuditOutcome",
     "AuditStats",
     "AuditWriteError",
+    "PruneResult",
     "StoredRecord",
     "UnreadableRecord",
     "VerifyResult",
@@ -27,6 +29,7 @@ __all__ = [
     "export_records",
     "format_ts",
     "last_records",
+    "prune_before",
     "record_hash",
     "verify_chain",
 ]

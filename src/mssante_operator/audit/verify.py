@@ -119,9 +119,11 @@ async def verify_chain(
         )
     unreached = sorted(seq for seq in wanted if not head.base_seq < seq <= head.seq)
     if unreached:
+        seq = unreached[0]
+        why = "was pruned; use a newer anchor" if seq <= head.base_seq else "has not been written"
         return bad(
-            unreached[0],
-            f"anchored record {unreached[0]} is not in the chain (seq {head.base_seq + 1}..{head.seq})",
+            seq,
+            f"anchored record {seq} is not in the chain (seq {head.base_seq + 1}..{head.seq}): it {why}",
             count,
         )
     beyond, now_head = await _first_beyond_head(sessions)

@@ -22,12 +22,14 @@ from mssante_operator.audit import (
     AuditLog,
     AuditOutcome,
     AuditWriteError,
+    PruneResult,
     StoredRecord,
     UnreadableRecord,
     VerifyResult,
     export_records,
     format_ts,
     last_records,
+    prune_before,
     verify_chain,
 )
 from mssante_operator.cli.common import console, err_console, fail, run, state, store_engine
@@ -237,3 +239,52 @@ def tail_cmd(
         else:
             table.add_row(str(rec.seq), "", "[red]unreadable[/]", "", "", "", "", "", rec.problem)
     console.print(table)
+
+
+@app.command("prune")
+def prune_cmd(
+    ctx: typer.Context,
+    before: str = typer.Option(..., "--before", help=f"Remove records older than this. {_WHEN_HELP}."),
+    yes: bool = typer.Option(False, "--yes", help="Really remove them (without it: say what would go)."),
+) -> None:
+    """Remove the oldest records (retention), after checking the chain; export them first."""
+    cutoff = parse_when(before, "--before")
+    assert cutoff is not None
+    settings = state(ctx).settings()
+
+    async def go() -> tuple[VerifyResult, PruneResult | None]:
+        async with _store(settings) as sessions:
+            checked = await verify_chain(sessions)
+            if not checked.ok:
+                return checked, None
+            pruned = await prune_before(sessions, cutoff, actor=f"os:{getpass.getuser()}", dry_run=not yes)
+            return checked, pruned
+
+    try:
+        checked, pruned = run(go())
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        fail(f"cannot prune the audit trail: {exc}")
+    if pruned is None:
+        err_console.print(
+            f"[bold red]audit chain BROKEN at seq {checked.first_bad_seq}:[/] {checked.problem}\n"
+            "nothing removed: pruning would destroy the evidence; investigate first",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_BROKEN)
+    if pruned.removed == 0:
+        console.print(f"no audit record older than {format_ts(cutoff)}")
+    elif not yes:
+        console.print(
+            f"would remove {pruned.removed} record(s), seq {pruned.first_seq}..{pruned.last_seq}; "
+            "export them first (`audit export --until ...`), then add --yes"
+        )
+    else:
+        console.print(
+            f"removed {pruned.removed} record(s), seq {pruned.first_seq}..{pruned.last_seq}; the chain now "
+            f"starts after seq {pruned.base_seq} (hash {pruned.base_hash})",
+            highlight=False,
+            soft_wrap=True,
+        )

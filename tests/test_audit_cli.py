@@ -78,7 +78,7 @@ def populate(db: Path, n: int, *, migrate: bool = True) -> None:
 
 
 def cli(config: Path, *args: str) -> tuple[int, str]:
-    result = CliRunner(env={"COLUMNS": "250"}).invoke(app, ["--config", str(config), "audit", *args])
+    result = CliRunner().invoke(app, ["--config", str(config), "audit", *args])
     return result.exit_code, result.output
 
 

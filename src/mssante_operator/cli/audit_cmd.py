@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
+from rich.console import Console
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -221,7 +222,9 @@ def tail_cmd(
     except Exception as exc:
         fail(f"cannot read the audit trail: {exc}")
     table = Table(title=f"last {len(records)} audit record(s)", title_justify="left")
-    for column in ("seq", "time (UTC)", "event", "outcome", "actor", "mailbox", "message", "from", "reason"):
+    for column in ("seq", "time (UTC)", "event", "outcome"):
+        table.add_column(column, no_wrap=True)
+    for column in ("actor", "mailbox", "message", "from", "reason"):
         table.add_column(column, overflow="fold")
     for rec in records:
         if isinstance(rec, StoredRecord):
@@ -238,7 +241,9 @@ def tail_cmd(
             )
         else:
             table.add_row(str(rec.seq), "", "[red]unreadable[/]", "", "", "", "", "", rec.problem)
-    console.print(table)
+    # Piped or redirected output is not folded to 80 columns.
+    out = console if console.is_terminal else Console(width=max(console.width, 200))
+    out.print(table)
 
 
 @app.command("prune")

@@ -44,7 +44,7 @@ def format_ts(ts: datetime) -> str:
     """The canonical text of a timestamp: UTC, microseconds, trailing Z. Naive means UTC."""
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=UTC)
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return ts.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def canonical_record(

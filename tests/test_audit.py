@@ -717,3 +717,28 @@ async def test_pruning_everything_and_going_on(sessions: async_sessionmaker[Asyn
     result = await verify_chain(sessions)
     assert (result.ok, result.first_bad_seq) == (False, 2)
     assert "before the start of the chain" in (result.problem or "")
+
+
+async def test_queued_records_survive_a_store_outage(sessions: async_sessionmaker[AsyncSession]) -> None:
+    audit = AuditLog(sessions, flush_interval=0.001, retries=1)
+    await audit.start()
+    await execute(sessions, delete(AuditChainHead))
+    try:
+        for i in range(3):
+            audit.record(make_event(i))
+        for _ in range(600):
+            if audit.stats.failed_attempts >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert audit.stats.failed_attempts >= 2 and audit.stats.written == 0
+        await execute(
+            sessions,
+            insert(AuditChainHead).values(
+                id=1, seq=0, hash=GENESIS_HASH, base_seq=0, base_hash=GENESIS_HASH, updated_at=T0
+            ),
+        )
+        await asyncio.wait_for(audit.flush(), timeout=60)
+    finally:
+        await audit.stop()
+    assert (audit.stats.written, audit.stats.dropped) == (3, 0)
+    assert (await verify_chain(sessions)).records == 3

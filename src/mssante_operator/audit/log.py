@@ -98,7 +98,13 @@ async def append_batch(session: AsyncSession, rows: Sequence[dict[str, Any]]) ->
 
 
 class AuditLog:
-    """Batched, hash-chained audit writer. Use from the event loop that called `start`."""
+    """Batched, hash-chained audit writer. Use from the event loop that called `start`.
+
+    A failed batch is retried `retries` times at once; after that, `record_durable` callers get
+    AuditWriteError, and fire-and-forget records stay queued (up to `max_pending`) for later
+    rounds with back-off, for `max_rounds` rounds, then are dropped. Every failure and every
+    dropped record is logged as an error and counted in `stats`.
+    """
 
     def __init__(
         self,
@@ -108,7 +114,7 @@ class AuditLog:
         flush_interval: float = 0.05,
         max_pending: int = 100_000,
         retries: int = 3,
-        max_rounds: int = 5,
+        max_rounds: int = 20,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -263,6 +269,12 @@ class AuditLog:
                 ok = await self._write(batch)
             finally:
                 self._inflight = 0
+            if not ok and self._closing:
+                # Shutting down with the database failing: do not retry batch after batch.
+                self._fail_all(
+                    AuditWriteError(f"audit records could not be written: {self.stats.last_error}")
+                )
+                return
             backoff = 0.0 if ok else min(5.0, max(0.1, backoff * 2))
 
     async def _write(self, batch: list[_Item]) -> bool:

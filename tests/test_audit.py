@@ -742,3 +742,24 @@ async def test_queued_records_survive_a_store_outage(sessions: async_sessionmake
         await audit.stop()
     assert (audit.stats.written, audit.stats.dropped) == (3, 0)
     assert (await verify_chain(sessions)).records == 3
+
+
+async def test_service_life_cycle(
+    sessions: async_sessionmaker[AsyncSession], commit_counter: list[int]
+) -> None:
+    """The serve process drives AuditLog as a service: reload([audit]) and stop(grace)."""
+    from mssante_operator.config import Settings
+
+    audit = AuditLog(sessions, batch_size=200, flush_interval=3600)
+    await audit.start()
+    settings = Settings(
+        instance={"hostname": "mail.test"},
+        pki={"server_cert": "s.crt", "server_key": "s.key"},
+        audit={"batch_size": 4, "flush_interval_ms": 3_600_000},
+    )
+    await audit.reload(settings)
+    for i in range(12):
+        audit.record(make_event(i))
+    await audit.stop(grace=60)
+    assert audit.name == "audit"
+    assert audit.stats.written == 12 and audit.stats.batches == commit_counter[0] == 3

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mssante_operator.audit.chain import normalize_fields, record_hash
 from mssante_operator.audit.events import AuditEvent
+from mssante_operator.config import Settings
 from mssante_operator.config.models import AuditSettings
 from mssante_operator.ops.logging import get_logger
 from mssante_operator.store.models import AuditChainHead, AuditRecord
@@ -136,6 +137,8 @@ class AuditLog:
         self._closing = False
         self._closed = False
         self.stats = AuditStats()
+        # The serve process's service name (AuditLog fits its start / stop(grace) / reload life cycle).
+        self.name = "audit"
 
     @classmethod
     def from_settings(cls, sessions: async_sessionmaker[AsyncSession], settings: AuditSettings) -> AuditLog:
@@ -150,8 +153,12 @@ class AuditLog:
             raise RuntimeError("audit log already started")
         self._task = asyncio.create_task(self._run(), name="audit-writer")
 
-    async def stop(self) -> None:
-        """Write everything pending, then stop the writer."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Write everything pending, then stop the writer.
+
+        With `grace` (seconds; the serve process's shutdown bound), give up after that long:
+        what is still queued is then logged and counted as dropped.
+        """
         if self._task is None or self._closed:
             self._closed = True
             self._fail_all(AuditWriteError("audit log was never started"))
@@ -160,10 +167,24 @@ class AuditLog:
         self._wake.set()
         self._urgent.set()
         try:
-            await self._task
+            if grace is None:
+                await self._task
+            else:
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._task), grace)
+                except TimeoutError:
+                    log.error("audit writer did not finish within the shutdown grace", pending=self.pending)
+                    self._task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._task
         finally:
             self._closed = True
             self._fail_all(AuditWriteError("audit log stopped before the record was written"))
+
+    async def reload(self, settings: Settings) -> None:
+        """Apply a new [audit] section (batch size, flush interval) on SIGHUP."""
+        self._batch_size = settings.audit.batch_size
+        self._flush_interval = settings.audit.flush_interval_ms / 1000
 
     def record(self, event: AuditEvent) -> None:
         """Queue `event` for the next batch; never blocks and never raises on the mail path."""

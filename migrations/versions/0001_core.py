@@ -6,6 +6,7 @@ Create Date: 2026-11-22 00:45:07.259309
 """
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -42,6 +43,33 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_audit_records_mailbox"), ["mailbox"], unique=False)
         batch_op.create_index(batch_op.f("ix_audit_records_ts"), ["ts"], unique=False)
 
+    audit_chain_head = op.create_table(
+        "audit_chain_head",
+        sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("seq", sa.BigInteger(), nullable=False),
+        sa.Column("hash", sa.String(length=64), nullable=False),
+        sa.Column("base_seq", sa.BigInteger(), nullable=False),
+        sa.Column("base_hash", sa.String(length=64), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.CheckConstraint("id = 1", name=op.f("ck_audit_chain_head_single_row")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_chain_head")),
+    )
+    # The empty chain: its head is the genesis value that the first record chains to
+    # (mssante_operator.audit.chain.GENESIS_HASH, repeated here so the migration stays frozen).
+    genesis = "0" * 64
+    op.bulk_insert(
+        audit_chain_head,
+        [
+            {
+                "id": 1,
+                "seq": 0,
+                "hash": genesis,
+                "base_seq": 0,
+                "base_hash": genesis,
+                "updated_at": datetime.now(UTC),
+            }
+        ],
+    )
     op.create_table(
         "domains",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
@@ -253,6 +281,7 @@ def downgrade() -> None:
     op.drop_table("mailboxes")
     op.drop_table("message_bodies")
     op.drop_table("domains")
+    op.drop_table("audit_chain_head")
     with op.batch_alter_table("audit_records", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_audit_records_ts"))
         batch_op.drop_index(batch_op.f("ix_audit_records_mailbox"))

@@ -7,7 +7,16 @@ from pathlib import Path
 import typer
 
 from mssante_operator import __version__
-from mssante_operator.cli import config_cmd, db_cmd, domain_cmd, keys_cmd, mailbox_cmd, pki_cmd, queue_cmd
+from mssante_operator.cli import (
+    audit_cmd,
+    config_cmd,
+    db_cmd,
+    domain_cmd,
+    keys_cmd,
+    mailbox_cmd,
+    pki_cmd,
+    queue_cmd,
+)
 from mssante_operator.cli.common import CliState
 
 app = typer.Typer(
@@ -22,6 +31,7 @@ app.add_typer(queue_cmd.app, name="queue")
 app.add_typer(domain_cmd.app, name="domain")
 app.add_typer(mailbox_cmd.app, name="mailbox")
 app.add_typer(keys_cmd.app, name="keys")
+app.add_typer(audit_cmd.app, name="audit")
 
 
 def _version(value: bool) -> None:

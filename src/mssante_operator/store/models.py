@@ -14,6 +14,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Enum,
     ForeignKey,
@@ -218,7 +219,11 @@ class QueueRecipient(Base):
 
 
 class AuditRecord(Base):
-    """One link of the tamper-evident audit chain (see the `audit` package)."""
+    """One link of the tamper-evident audit chain (see the `audit` package).
+
+    `hash` is SHA-256 over the canonical encoding of every other column but `id` (see
+    `mssante_operator.audit.chain.record_hash`); `prev_hash` is the previous record's `hash`.
+    """
 
     __tablename__ = "audit_records"
 
@@ -236,3 +241,22 @@ class AuditRecord(Base):
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditChainHead(Base):
+    """The single row naming the audit chain's last record, updated in each append transaction.
+
+    Appenders lock this row first, which serialises them across processes; `audit verify` compares
+    it with the last record, so deleting records from the tail is detected. `base_seq`/`base_hash`
+    name the record the chain starts after (0 and the genesis hash until old records are pruned).
+    """
+
+    __tablename__ = "audit_chain_head"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+    base_seq: Mapped[int] = mapped_column(BigInteger)
+    base_hash: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

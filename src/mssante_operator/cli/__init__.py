@@ -12,6 +12,7 @@ from mssante_operator.cli import (
     config_cmd,
     db_cmd,
     domain_cmd,
+    init_cmd,
     keys_cmd,
     mailbox_cmd,
     pki_cmd,
@@ -24,6 +25,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.command("init")(init_cmd.init)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(db_cmd.app, name="db")
 app.add_typer(pki_cmd.app, name="pki")

@@ -1,0 +1,21 @@
+"""`serve`: run the server in the foreground until SIGTERM/SIGINT; SIGHUP reloads the configuration."""
+
+from __future__ import annotations
+
+import typer
+
+from mssante_operator.cli.common import fail, state
+from mssante_operator.ops.app import StartupError
+from mssante_operator.ops.compose import serve as serve_forever
+
+
+def serve(ctx: typer.Context) -> None:
+    """Run every configured service (operations HTTP endpoint, and the mail listeners) in the
+    foreground. SIGTERM/SIGINT stop gracefully; SIGHUP re-reads the configuration file."""
+    cli = state(ctx)
+    settings = cli.settings()
+    try:
+        code = serve_forever(settings, cli.config_path)
+    except StartupError as exc:
+        fail(f"cannot start:\n{exc}")
+    raise typer.Exit(code)

@@ -34,7 +34,9 @@ def cli(config: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]
 class Instance:
     """A temp directory with certificates and a config file; `serve()` starts the process."""
 
-    def __init__(self, root: Path, store_url: str, *, cert_days: float = 365, cert_start: datetime | None = None):
+    def __init__(
+        self, root: Path, store_url: str, *, cert_days: float = 365, cert_start: datetime | None = None
+    ):
         self.root = root
         self.store_url = store_url
         self.port = free_port()
@@ -231,9 +233,10 @@ def test_failing_when_store_not_migrated_while_running(sqlite_instance: Instance
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
 async def test_failing_when_store_unreachable(store_url: str, tmp_path: Path) -> None:
-    if not store_url.startswith("postgresql"):
-        pytest.skip("the unreachable store is made by dropping a PostgreSQL database")
+    # PostgreSQL only: dropping the database under the running server makes it unreachable, which
+    # an open SQLite file cannot be made to be.
     inst = Instance(tmp_path, store_url)
     try:
         inst.upgrade()
@@ -241,7 +244,9 @@ async def test_failing_when_store_unreachable(store_url: str, tmp_path: Path) ->
         proc.wait_listening()
         assert proc.healthz()[0] == 200
         dbname = store_url.rsplit("/", 1)[1]
-        admin_dsn = store_url.rsplit("/", 1)[0].replace("postgresql+asyncpg://", "postgresql://") + "/postgres"
+        admin_dsn = (
+            store_url.rsplit("/", 1)[0].replace("postgresql+asyncpg://", "postgresql://") + "/postgres"
+        )
         admin = await asyncpg.connect(admin_dsn)
         try:
             await admin.execute(f'DROP DATABASE "{dbname}" WITH (FORCE)')
@@ -326,7 +331,9 @@ def test_sighup_reports_settings_that_need_a_restart(sqlite_instance: Instance) 
     mark = proc.mark()
     sqlite_instance.write(port=free_port())
     proc.signal(signal.SIGHUP)
-    warning = proc.wait_for(lambda e: e.get("event", "").startswith("changed settings take effect"), start=mark)
+    warning = proc.wait_for(
+        lambda e: e.get("event", "").startswith("changed settings take effect"), start=mark
+    )
     assert warning["keys"] == ["ops.port"]
     # Still serving on the original port.
     assert proc.healthz()[0] == 200

@@ -108,7 +108,7 @@ def serve(settings: Settings, config_path: Path | None = None) -> int:
     """
 
     # *_created series double every counter's series count for no use on our dashboards.
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]
 
     async def main() -> int:
         app = build_application(settings, config_path)

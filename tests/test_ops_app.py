@@ -42,8 +42,8 @@ from ops_support import config_text, free_port, write_self_signed
 # --- helpers -------------------------------------------------------------------------------------
 
 
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.01)):
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(1000):
         if condition():
             return
         await asyncio.sleep(0.01)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import ssl
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -172,6 +174,20 @@ async def test_request_shutdown_ends_run_forever(app: Application) -> None:
     app.request_shutdown()
     assert await asyncio.wait_for(runner, 30) == 0
     assert journal == ["start svc", "stop svc"]
+
+
+async def test_second_signal_stops_waiting_for_in_flight_work(app: Application) -> None:
+    journal: list[str] = []
+    app.add_service(Recorder("stuck", journal, stop_delay=3600))
+    runner = asyncio.create_task(app.run_forever())
+    await until(lambda: journal == ["start stuck"])
+    os.kill(os.getpid(), signal.SIGTERM)
+    await until(lambda: app._shutdown.is_set())
+    await asyncio.sleep(0.1)
+    assert not runner.done()
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert await asyncio.wait_for(runner, 30) == 1
+    assert journal == ["start stuck"]
 
 
 # --- reload --------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ Signals:
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from mssante_operator.config import ConfigError, Settings, load_settings, masked_dump
+from mssante_operator import __version__
+from mssante_operator.config import ConfigError, Settings, load_settings, masked_dump, resolve_config_path
 from mssante_operator.ops.health import HealthRegistry, load_certificates, safe_url
 from mssante_operator.ops.logging import configure_logging, get_logger
 from mssante_operator.ops.metrics import Metrics
@@ -257,6 +259,12 @@ class Application:
             loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
             installed.append(signal.SIGHUP)
 
+            log.info(
+                "starting",
+                version=__version__,
+                config=str(resolve_config_path(self.config_path)),
+                pid=os.getpid(),
+            )
             await self.start()
             log.info(
                 "serving",

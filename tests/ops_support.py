@@ -174,7 +174,7 @@ class ServeProcess:
                 out.append(item)
         return out
 
-    def wait_for(self, predicate: Any, timeout: float = 30.0, start: int = 0) -> dict[str, Any]:
+    def wait_for(self, predicate: Any, timeout: float = 120.0, start: int = 0) -> dict[str, Any]:
         """The first JSON log event (from index `start`) matching `predicate`."""
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -205,7 +205,7 @@ class ServeProcess:
     def get(self, path: str) -> tuple[int, bytes, str]:
         url = f"http://127.0.0.1:{self.port}{path}"
         try:
-            with urllib.request.urlopen(url, timeout=15) as resp:
+            with urllib.request.urlopen(url, timeout=60) as resp:
                 return resp.status, resp.read(), resp.headers.get("Content-Type", "")
         except urllib.error.HTTPError as err:
             return err.code, err.read(), err.headers.get("Content-Type", "")

@@ -15,6 +15,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
+from hypothesis import HealthCheck as HealthCheck_
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -45,7 +48,7 @@ from ops_support import config_text, free_port, write_self_signed
 
 
 async def until(condition: Callable[[], bool]) -> None:
-    for _ in range(1000):
+    for _ in range(3000):
         if condition():
             return
         await asyncio.sleep(0.01)
@@ -487,3 +490,12 @@ async def test_listener_tracks_connections_across_starttls(tmp_path: Path) -> No
         await until(lambda: listener.active == 0)
     finally:
         await listener.stop(grace=1)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck_.function_scoped_fixture])
+@given(data=st.binary(max_size=2048) | st.builds(lambda b: b"-----BEGIN CERTIFICATE-----\n" + b, st.binary()))
+def test_load_certificates_on_random_bytes_fails_cleanly(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "random.pem"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match="no certificate found"):
+        load_certificates(path)

@@ -117,7 +117,7 @@ async def test_serve_healthy_on_each_backend(store_url: str, tmp_path: Path) -> 
         assert certs["min_days_left"] > 300
         assert body["instance"] == "serve-test"
         proc.signal(signal.SIGTERM)
-        assert proc.wait_exit(GRACE + 15) == 0, proc.output()
+        assert proc.wait_exit(GRACE + 30) == 0, proc.output()
     finally:
         inst.cleanup()
 
@@ -259,7 +259,7 @@ async def test_failing_when_store_unreachable(store_url: str, tmp_path: Path) ->
         assert "unreachable" in body["checks"]["store"]["detail"]
         assert body["checks"]["migrations"]["status"] == "failing"
         proc.signal(signal.SIGTERM)
-        assert proc.wait_exit(GRACE + 15) == 0, proc.output()
+        assert proc.wait_exit(GRACE + 30) == 0, proc.output()
     finally:
         inst.cleanup()
 
@@ -321,22 +321,17 @@ def test_sighup_applies_new_log_level(sqlite_instance: Instance) -> None:
     proc.healthz()
     event = proc.wait_for(lambda e: e.get("event") == "health checked", start=mark)
     assert event["level"] == "debug" and event["status"] == "ok"
-    proc.signal(signal.SIGTERM)
-    assert proc.wait_exit(GRACE + 15) == 0
-
-
-def test_sighup_reports_settings_that_need_a_restart(sqlite_instance: Instance) -> None:
-    proc = sqlite_instance.serve()
-    proc.wait_listening()
+    # A changed port is reported as needing a restart; the server keeps its original port.
     mark = proc.mark()
-    sqlite_instance.write(port=free_port())
+    sqlite_instance.write(level="debug", port=free_port())
     proc.signal(signal.SIGHUP)
     warning = proc.wait_for(
         lambda e: e.get("event", "").startswith("changed settings take effect"), start=mark
     )
     assert warning["keys"] == ["ops.port"]
-    # Still serving on the original port.
     assert proc.healthz()[0] == 200
+    proc.signal(signal.SIGTERM)
+    assert proc.wait_exit(GRACE + 30) == 0
 
 
 def test_sighup_with_invalid_config_keeps_running(sqlite_instance: Instance) -> None:
@@ -359,7 +354,7 @@ def test_sighup_with_invalid_config_keeps_running(sqlite_instance: Instance) -> 
     assert status == 200 and body["status"] == "ok"
     assert proc.proc is not None and proc.proc.poll() is None
     proc.signal(signal.SIGTERM)
-    assert proc.wait_exit(GRACE + 15) == 0
+    assert proc.wait_exit(GRACE + 30) == 0
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -370,7 +365,7 @@ def test_terminate_signal_exits_zero_within_grace(sqlite_instance: Instance, sig
     mark = proc.mark()
     proc.signal(sig)
     # The bound is the configured grace plus interpreter exit; generous so as not to be a speed test.
-    assert proc.wait_exit(GRACE + 15) == 0, proc.output()
+    assert proc.wait_exit(GRACE + 30) == 0, proc.output()
     events = [e.get("event") for e in proc.events()[0:]]
     assert "shutdown requested" in events
     proc.wait_for(lambda e: e.get("event") == "stopped" and e.get("instance") == "serve-test", start=mark)

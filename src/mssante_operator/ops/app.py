@@ -242,7 +242,7 @@ class Application:
         self._shutdown.set()
 
     def _on_hangup(self) -> None:
-        log.info("reload requested", signal="SIGHUP", config=str(self.config_path or "default"))
+        log.info("reload requested", signal="SIGHUP", config=str(resolve_config_path(self.config_path)))
         self._spawn(self.reload())
 
     async def run_forever(self) -> int:

@@ -90,17 +90,32 @@ def make_config(tmp_path: Path, store_url: str, **kwargs: object) -> Path:
     return path
 
 
-@pytest.fixture
-async def app(engine: AsyncEngine, store_url: str, tmp_path: Path) -> AsyncIterator[Application]:
+def _application(engine: AsyncEngine, store_url: str, tmp_path: Path) -> Application:
     config = make_config(tmp_path, store_url)
-    settings = load_settings(config)
     components = Components(
         engine=engine,
         sessions=session_factory(engine),
         metrics=Metrics(process=False),
         health=HealthRegistry(),
     )
-    yield Application(settings, components, config_path=config)
+    return Application(load_settings(config), components, config_path=config)
+
+
+@pytest.fixture
+async def app(tmp_path: Path) -> AsyncIterator[Application]:
+    """An application on a migrated SQLite store (life-cycle tests need no second backend)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    engine = create_engine(url)
+    await upgrade(engine)
+    try:
+        yield _application(engine, url, tmp_path)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def app_each_backend(engine: AsyncEngine, store_url: str, tmp_path: Path) -> Application:
+    return _application(engine, store_url, tmp_path)
 
 
 # --- Application life cycle ----------------------------------------------------------------------
@@ -154,7 +169,9 @@ async def test_duplicate_service_name_is_refused(app: Application) -> None:
         app.add_service(Recorder("x", []))
 
 
-async def test_startup_checks_list_every_problem(app: Application, engine: AsyncEngine) -> None:
+async def test_startup_checks_list_every_problem(app_each_backend: Application, engine: AsyncEngine) -> None:
+    app = app_each_backend
+
     async def master_key_missing(_app: Application) -> None:
         raise StartupError("store.master_key_file = var/master.key: file not found")
 

@@ -10,8 +10,12 @@ from mssante_operator.ops.compose import serve as serve_forever
 
 
 def serve(ctx: typer.Context) -> None:
-    """Run every configured service (operations HTTP endpoint, and the mail listeners) in the
-    foreground. SIGTERM/SIGINT stop gracefully; SIGHUP re-reads the configuration file."""
+    """Run the server in the foreground: SIGTERM/SIGINT stop gracefully, SIGHUP reloads the config.
+
+    Runs every enabled service (the operations endpoint with /healthz and /metrics, and the mail
+    listeners) in one process. Refuses to start, naming the fix, when the store schema is behind
+    (`mssante-operator db upgrade`) or the server certificate is missing.
+    """
     cli = state(ctx)
     settings = cli.settings()
     try:

@@ -12,9 +12,9 @@ from mssante_operator.ops.compose import serve as serve_forever
 def serve(ctx: typer.Context) -> None:
     """Run the server in the foreground: SIGTERM/SIGINT stop gracefully, SIGHUP reloads the config.
 
-    Runs every enabled service (the operations endpoint with /healthz and /metrics, and the mail
-    listeners) in one process. Refuses to start, naming the fix, when the store schema is behind
-    (`mssante-operator db upgrade`) or the server certificate is missing.
+    Runs every enabled service (ops endpoint /healthz and /metrics, mail listeners) in one process.
+
+    Refuses to start when the store schema is behind (run `mssante-operator db upgrade`).
     """
     cli = state(ctx)
     settings = cli.settings()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import typer
 
 from mssante_operator.cli.common import fail, state
-from mssante_operator.ops.app import StartupError
-from mssante_operator.ops.compose import serve as serve_forever
 
 
 def serve(ctx: typer.Context) -> None:
@@ -16,6 +14,11 @@ def serve(ctx: typer.Context) -> None:
 
     Refuses to start when the store schema is behind (run `mssante-operator db upgrade`).
     """
+    # Imported here: the server's dependencies (aiohttp, prometheus, listeners) are not needed by
+    # the other commands and would slow every one of them down.
+    from mssante_operator.ops.app import StartupError
+    from mssante_operator.ops.compose import serve as serve_forever
+
     cli = state(ctx)
     settings = cli.settings()
     try:

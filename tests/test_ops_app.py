@@ -516,3 +516,51 @@ def test_load_certificates_on_random_bytes_fails_cleanly(tmp_path: Path, data: b
     path.write_bytes(data)
     with pytest.raises(ValueError, match="no certificate found"):
         load_certificates(path)
+
+
+async def test_listener_tracks_aiosmtpd_sessions_across_starttls(tmp_path: Path) -> None:
+    """The SMTP front end's case: aiosmtpd's own STARTTLS swaps the transport under the protocol."""
+    import aiosmtplib
+    from aiosmtpd.smtp import SMTP as SmtpProtocol
+
+    cert, key = write_self_signed(tmp_path, "server", cn="localhost")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    client_ctx.check_hostname = False
+    received: list[bytes] = []
+
+    class Handler:
+        async def handle_DATA(self, _server: object, _session: object, envelope: object) -> str:
+            received.append(envelope.content)  # type: ignore[attr-defined]
+            return "250 OK"
+
+    listener = TcpListener(
+        "smtp-test",
+        "127.0.0.1",
+        0,
+        lambda: SmtpProtocol(Handler(), tls_context=server_ctx, require_starttls=True, hostname="localhost"),
+        tls="starttls",
+    )
+    await listener.start()
+    try:
+        port = int(listener.addresses[0].rsplit(":", 1)[1])
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, tls_context=client_ctx, start_tls=False)
+        await client.connect()
+        await client.starttls()
+        await client.sendmail("a@example.test", ["b@example.test"], b"Subject: t\r\n\r\nbody\r\n")
+        assert listener.active == 1
+        await client.quit()
+        await until(lambda: listener.active == 0)
+        assert received and b"body" in received[0]
+        # An idle session after STARTTLS is closed once the grace period is over.
+        idle = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, tls_context=client_ctx, start_tls=False)
+        await idle.connect()
+        await idle.starttls()
+        await until(lambda: listener.active == 1)
+        await asyncio.wait_for(listener.stop(grace=0.2), 30)
+        assert listener.active == 0
+        with pytest.raises(aiosmtplib.SMTPException):
+            await idle.noop()
+    finally:
+        await listener.stop(grace=1)

@@ -17,6 +17,7 @@ from mssante_operator.cli import (
     mailbox_cmd,
     pki_cmd,
     queue_cmd,
+    serve_cmd,
 )
 from mssante_operator.cli.common import CliState
 
@@ -34,6 +35,7 @@ app.add_typer(domain_cmd.app, name="domain")
 app.add_typer(mailbox_cmd.app, name="mailbox")
 app.add_typer(keys_cmd.app, name="keys")
 app.add_typer(audit_cmd.app, name="audit")
+app.command("serve")(serve_cmd.serve)
 
 
 def _version(value: bool) -> None:

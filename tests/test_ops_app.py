@@ -388,13 +388,35 @@ def test_each_application_has_its_own_registry() -> None:
     assert value(one, "mssante_tls_handshake_failures") == 1.0
 
 
-async def test_build_application_wires_ops_endpoint_and_checks(store_url: str, tmp_path: Path) -> None:
+async def test_build_application_wires_ops_endpoint_and_checks(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mssante_operator.store.crypto import MasterKey
+
+    MasterKey.generate(tmp_path / "master.key")
+    monkeypatch.setenv("MSSANTE_STORE__MASTER_KEY_FILE", str(tmp_path / "master.key"))
     settings = load_settings(make_config(tmp_path, store_url))
     app = build_application(settings, tmp_path / "config.toml")
     try:
-        assert [s.name for s in app.services] == ["ops-http"]
+        assert [s.name for s in app.services] == ["audit", "ops-http"]
         assert app.health.names == ["store", "migrations", "certificates"]
+        assert app.components.mailstore is not None and app.components.validator is not None
+    finally:
+        await app.close()
+
+
+async def test_build_application_refuses_without_master_key(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mssante_operator.ops.app import StartupError
+
+    monkeypatch.setenv("MSSANTE_STORE__MASTER_KEY_FILE", str(tmp_path / "absent.key"))
+    settings = load_settings(make_config(tmp_path, store_url))
+    app = build_application(settings, tmp_path / "config.toml")
+    try:
         assert app.components.mailstore is None
+        with pytest.raises(StartupError, match=r"absent\.key"):
+            await app.check_startup()
     finally:
         await app.close()
 

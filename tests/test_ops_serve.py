@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mssante_operator.store.crypto import MasterKey
 from ops_support import EXE, ServeProcess, config_text, free_port, write_self_signed
 
 GRACE = 5.0
@@ -43,6 +44,7 @@ class Instance:
         self.cert, self.key = write_self_signed(root, "server", days=cert_days, not_before=cert_start)
         self.ca, _ = write_self_signed(root, "ca", cn="TEST ROOT CA", days=3650, ca=True)
         self.config = root / "config.toml"
+        MasterKey.generate(root / "var" / "master.key")
         self.write()
         self.procs: list[ServeProcess] = []
 
@@ -280,6 +282,13 @@ def test_refuses_to_start_without_server_certificate(sqlite_instance: Instance) 
     assert "pki.server_cert" in result.stderr
     assert str(sqlite_instance.cert) in result.stderr.replace("\n", "")
     assert "file not found" in result.stderr
+
+
+def test_refuses_to_start_without_master_key(sqlite_instance: Instance) -> None:
+    (sqlite_instance.root / "var" / "master.key").unlink()
+    result = sqlite_instance.cli("serve")
+    assert result.returncode != 0
+    assert "master.key" in result.stderr.replace("\n", "") and "keys generate" in result.stderr
 
 
 def test_refuses_to_start_when_server_cert_is_not_a_certificate(sqlite_instance: Instance) -> None:

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from prometheus_client import disable_created_metrics
 
+from mssante_operator.audit import AuditLog
 from mssante_operator.config import Settings
-from mssante_operator.ops.app import Application, Components
+from mssante_operator.ops.app import Application, Components, StartupError
 from mssante_operator.ops.health import (
     HealthRegistry,
     certificates_check,
@@ -30,7 +31,10 @@ from mssante_operator.ops.health import (
 from mssante_operator.ops.http import OpsHttpService
 from mssante_operator.ops.logging import get_logger
 from mssante_operator.ops.metrics import Metrics
+from mssante_operator.pki import CertificateValidator, PkiLoadError
 from mssante_operator.store import create_engine, session_factory
+from mssante_operator.store.crypto import KeyFileError, MasterKey
+from mssante_operator.store.mailstore import MailStore
 
 log = get_logger(__name__)
 
@@ -54,15 +58,30 @@ def build_application(settings: Settings, config_path: Path | None = None) -> Ap
     app.health.add(migrations_check(engine))
     app.health.add(certificates_check(lambda: app.settings.pki))
 
-    # --- shared components (MERGE: fill as the packages land) ---------------------------------
-    # master_key = MasterKey.load(settings.store.master_key_file)      + a start-up check for it
-    # components.mailstore = MailStore(components.sessions, master_key)
-    # components.audit = AuditLog(components.sessions, settings.audit, metrics=components.metrics)
-    # app.add_service(components.audit)              # flushes pending records on stop
-    # components.validator = CertificateValidator.from_settings(settings.pki)
-    # components.tls = ServerTlsContexts.from_settings(settings.pki)      # reload() rebuilds them
-    # components.trust = TrustList(...);  app.health.add(age_check("trust_list", ...))
-    # components.directory = Directory(...);  app.health.add(age_check("directory", ...))
+    # --- shared components -------------------------------------------------------------------
+    try:
+        master_key = MasterKey.load(settings.store.master_key_file)
+    except KeyFileError as exc:
+        message = str(exc)
+
+        async def master_key_unusable(_app: Application) -> None:
+            raise StartupError(message)
+
+        app.add_startup_check(master_key_unusable)
+    else:
+        components.mailstore = MailStore(components.sessions, master_key)
+    components.audit = AuditLog.from_settings(components.sessions, settings.audit)
+    # First service added, last stopped: it flushes what the front ends recorded while stopping.
+    app.add_service(components.audit)
+    try:
+        components.validator = CertificateValidator.from_settings(settings.pki)
+    except PkiLoadError as exc:
+        pki_message = str(exc)
+
+        async def pki_unusable(_app: Application) -> None:
+            raise StartupError(pki_message)
+
+        app.add_startup_check(pki_unusable)
 
     # --- workers and listeners (MERGE) --------------------------------------------------------
     # if settings.smtp_inbound.enabled:

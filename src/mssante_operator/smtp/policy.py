@@ -44,7 +44,7 @@ def peer_certificate_decision(peer: PeerVerdict | None) -> Decision:
             SmtpReply(
                 530,
                 "5.7.0",
-                "A TLS client certificate is required: present your operator's IGC-Santé server "
+                "A TLS client certificate is required: present your operator's IGC-Sante server "
                 "certificate (SSL_SERV) as client certificate in the STARTTLS handshake",
             ),
             "no_client_certificate",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
@@ -38,8 +39,9 @@ class SmtpReply:
         return 400 <= self.code < 500
 
     def lines(self) -> list[str]:
-        """The reply as wire lines (without CRLF), multi-line replies with `code-`."""
-        parts = self.text.split("\n") or [""]
+        """The reply as wire lines (without CRLF), multi-line replies with `code-`. ASCII only:
+        reasons may come from certificates or configuration ("IGC-Santé" becomes "IGC-Sante")."""
+        parts = _ascii(self.text).split("\n") or [""]
         out = []
         for index, part in enumerate(parts):
             sep = " " if index == len(parts) - 1 else "-"
@@ -49,6 +51,13 @@ class SmtpReply:
 
     def __str__(self) -> str:
         return "\r\n".join(self.lines())
+
+
+def _ascii(text: str) -> str:
+    if text.isascii():
+        return text
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(ch if ch.isascii() else "?" for ch in decomposed if not unicodedata.combining(ch))
 
 
 @dataclass(frozen=True, slots=True)

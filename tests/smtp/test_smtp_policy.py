@@ -41,7 +41,7 @@ def test_mail_from_order_and_replies() -> None:
     assert mail(peer=None).startswith("no_client_certificate 530 5.7.0 A TLS client certificate is required")
     assert mail(peer=PeerVerdict(False, "certificate revoked on 2026-01-02 (CRL of IGC-Santé CA)")) == (
         "client_certificate_invalid 550 5.7.1 Client certificate refused: certificate revoked on 2026-01-02 "
-        "(CRL of IGC-Santé CA)"
+        "(CRL of IGC-Sante CA)"
     )
     assert mail(peer=PeerVerdict(False, "CRL expired", temporary=True)).startswith(
         "client_certificate_unverifiable 454 4.7.0"

@@ -24,8 +24,10 @@ from mssante_operator.config.models import InstanceSettings, PkiSettings, SmtpIn
 from mssante_operator.config.settings import Settings
 from mssante_operator.smtp.inbound import InboundPorts
 from mssante_operator.smtp.ports import (
+    AuditSink,
     InboundMessage,
     MailboxState,
+    MessageSink,
     PeerVerdict,
     SmtpAuditEvent,
     StoreReceipt,
@@ -363,11 +365,18 @@ def make_settings(pki: PkiSet, **inbound: object) -> Settings:
     )
 
 
-async def start_inbound(tmp_path: Path, pki: PkiSet, **inbound: object) -> Inbound:
+async def start_inbound(
+    tmp_path: Path,
+    pki: PkiSet,
+    *,
+    sink: MessageSink | None = None,
+    audit_sink: AuditSink | None = None,
+    **inbound: object,
+) -> Inbound:
     settings = make_settings(pki, **inbound)
     store_dir = tmp_path / "store"
     store_dir.mkdir(exist_ok=True)
-    sink = FsyncSink(store_dir)
+    files = FsyncSink(store_dir)
     audit = ListAudit(tmp_path / "audit.jsonl")
     directory = DictDirectory(
         {
@@ -379,8 +388,14 @@ async def start_inbound(tmp_path: Path, pki: PkiSet, **inbound: object) -> Inbou
     )
     trust = DictTrustPolicy({"peer-a.test": [pki.peer_a.subject, pki.rogue_peer.subject], "peer-c.test": []})
     verifier = CryptoPeerVerifier(pki.ca.cert, pki.crl)
-    ports = InboundPorts(peer_verifier=verifier, trust=trust, directory=directory, sink=sink, audit=audit)
+    ports = InboundPorts(
+        peer_verifier=verifier,
+        trust=trust,
+        directory=directory,
+        sink=sink or files,
+        audit=audit_sink or audit,
+    )
     mode = str(inbound.get("tls_client_certificate", "request"))
     service = InboundSmtpService(settings, ports, lambda s: pki.server_context(mode))
     await service.start()
-    return Inbound(service, pki, sink, audit, directory, trust, verifier, settings)
+    return Inbound(service, pki, files, audit, directory, trust, verifier, settings)

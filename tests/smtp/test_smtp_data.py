@@ -202,3 +202,40 @@ def test_received_header_hostile_helo_and_no_rcpt() -> None:
     assert b"\r\nX-Injected" not in header
     assert b"[IPv6:2001:db8::1]" in header
     assert header.rstrip(b"\r\n").endswith(b"id Q;\r\n\tThu, 01 Jan 2026 00:00:00 +0000")
+
+
+body_line = st.one_of(
+    st.integers(min_value=0, max_value=34).map(lambda n: b"b" * n + b"\r\n"),
+    st.integers(min_value=0, max_value=34).map(lambda n: b"." + b"d" * n + b"\r\n"),
+    st.sampled_from([b".\r\n", b"..\r\n", b"\r\n", b"x\n", b"y\r", b"\r\n.\n", b"a\rb\r\n"]),
+)
+
+
+@settings(max_examples=400)
+@given(
+    st.lists(body_line, max_size=40),
+    st.integers(min_value=20, max_value=600),
+    st.booleans(),
+)
+def test_bulk_path_equals_line_by_line(lines: list[bytes], max_size: int, headers: bool) -> None:
+    """Feeding everything at once takes the bulk path for body lines; feeding one octet at a time
+    never does. Both must agree exactly, including where the message ends."""
+    head = b"Subject: s\r\n\r\n" if headers else b"\r\n"
+    stream = head + b"".join(lines) + b"\r\n.\r\nNEXT"
+    limits = DataLimits(max_size=max_size, max_line_length=32, max_header_count=5)
+    whole, consumed_whole = run(stream, limits)
+    reader = DataReader(limits)
+    consumed = 0
+    for index in range(len(stream)):
+        if reader.done:
+            break
+        consumed += reader.feed(stream[index : index + 1])
+    assert reader.result == whole
+    assert consumed == consumed_whole
+
+
+def test_bulk_path_handles_a_large_body() -> None:
+    body = b"Subject: big\r\n\r\n" + (b"." + b"z" * 75 + b"\r\n") * 20_000
+    result, consumed = run(body + b".\r\nQUIT\r\n", DataLimits(max_size=10**7))
+    assert result.ok and result.content == body.replace(b"\r\n.", b"\r\n")
+    assert consumed == len(body) + 3

@@ -105,7 +105,16 @@ class DataReader:
             return 0
         pos = 0
         end = len(chunk)
+        bulk = True
         while pos < end:
+            if bulk and self._bulk_ready():
+                new_pos = self._bulk(chunk, pos)
+                if new_pos is not None:
+                    pos = new_pos
+                    if self._done:
+                        return pos
+                    continue
+                bulk = False  # this chunk needs the line-by-line path; don't rescan it per line
             nl = chunk.find(b"\n", pos)
             if nl < 0:
                 self._append_partial(chunk[pos:])
@@ -121,6 +130,50 @@ class DataReader:
             if self._done:
                 return pos
         return pos
+
+    def _bulk_ready(self) -> bool:
+        return (
+            self._prev_crlf
+            and not self._in_headers
+            and not self._partial_len
+            and self._error is None
+            and self._bare_line is None
+        )
+
+    def _bulk(self, chunk: bytes, pos: int) -> int | None:
+        """Fast path for body lines: all complete lines of the chunk at once, with C-speed bytes
+        operations. Returns the new position, or None (nothing changed) when any line needs the
+        exact line-by-line treatment (bare CR/LF, a long line, the size limit, a leading terminator).
+        """
+        last = chunk.rfind(b"\n", pos)
+        if last < 0 or chunk.startswith(b".\r\n", pos):
+            return None
+        segment = chunk[pos : last + 1]
+        terminator = segment.find(b"\r\n.\r\n")
+        if terminator >= 0:
+            segment = segment[: terminator + 2]
+        lines = segment.count(b"\n")
+        if segment.count(b"\r\n") != lines or segment.count(b"\r") != lines:
+            return None
+        # A line is too long if its unstuffed length with CRLF exceeds the limit; a leading dot
+        # buys one octet, so anything this long goes to the exact path.
+        if max(map(len, segment.split(b"\n"))) >= self._limits.max_line_length:
+            return None
+        body = segment.replace(b"\r\n.", b"\r\n")
+        if body[:1] == b".":
+            body = body[1:]
+        if self._size + len(body) > self._limits.max_size:
+            return None
+        self._size += len(body)
+        self._chunks.append(body)
+        self._line_no += lines
+        self._wire += len(segment)
+        if terminator < 0:
+            return last + 1
+        self._line_no += 1
+        self._wire += 3
+        self._finish()
+        return pos + len(segment) + 3
 
     # -- internals -----------------------------------------------------------------------
 

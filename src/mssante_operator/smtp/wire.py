@@ -66,6 +66,7 @@ log = get_logger("mssante_operator.smtp")
 ALLOWED_BEFORE_STARTTLS = frozenset({"NOOP", "EHLO", "STARTTLS", "QUIT"})
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
 _DEFAULT_ENHANCED = {500: "5.5.2", 501: "5.5.4", 502: "5.5.1", 503: "5.5.1", 504: "5.5.4", 530: "5.7.0"}
+_DATA_CHUNK = 256 * 1024
 # Replies that count against the bad-command budget.
 _BAD_COMMAND_CODES = frozenset({500, 501, 502, 503, 504})
 
@@ -152,8 +153,8 @@ class _NoHooks:
 class MssSmtp(SMTP):
     """Base SMTP session with strict parsing, enhanced codes and the smuggling-safe DATA reader."""
 
-    # Room for ESMTP parameters (RFC 3461: ORCPT may add 500 octets, ENVID 100) on command lines;
-    # also the StreamReader limit, so DATA lines longer than this come in pieces (handled).
+    # Room for ESMTP parameters (RFC 3461: ORCPT may add 500 octets, ENVID 100) on command lines
+    # (aiosmtpd uses it as the StreamReader's line limit).
     line_length_limit = 2048
 
     def __init__(
@@ -525,23 +526,23 @@ class MssSmtp(SMTP):
             self._set_rset_state()
 
     async def _read_data(self, reader: DataReader) -> DataResult | None:
-        """Feed the DataReader line by line: a line never extends past the end-of-data marker,
-        so pipelined commands after it stay in the StreamReader for the command loop."""
+        """Feed the DataReader with whatever the socket delivers. Octets after the end-of-data
+        line are pipelined commands: they go back to the front of the StreamReader's buffer,
+        where aiosmtpd's command loop reads next."""
         stream = self._reader
         loop = asyncio.get_running_loop()
         self._reset_timeout(self.config.data_timeout)
         last_reset = loop.time()
         while not reader.done:
-            try:
-                chunk: bytes = await stream.readuntil(b"\n")
-            except asyncio.LimitOverrunError as exc:
-                chunk = await stream.read(exc.consumed)
-            except asyncio.IncompleteReadError:
+            chunk: bytes = await stream.read(_DATA_CHUNK)
+            if not chunk:
                 self._log.info("connection closed during DATA")
                 if self.transport is not None:
                     self.transport.close()
                 return None
-            reader.feed(chunk)
+            used = reader.feed(chunk)
+            if used < len(chunk):
+                _unread(stream, chunk[used:])
             now = loop.time()
             if now - last_reset > 1.0:
                 self._reset_timeout(self.config.data_timeout)
@@ -554,6 +555,15 @@ class MssSmtp(SMTP):
 
     async def smtp_EXPN(self, arg: str | None) -> None:
         await self.reply(SmtpReply(502, "5.5.1", "EXPN is not implemented"))
+
+
+def _unread(stream: asyncio.StreamReader, data: bytes) -> None:
+    # asyncio has no public "unread"; aiosmtpd itself manipulates `_buffer` (STARTTLS). Fail loudly
+    # rather than lose pipelined commands if that internal ever changes.
+    buffer = getattr(stream, "_buffer", None)
+    if not isinstance(buffer, bytearray):
+        raise RuntimeError("asyncio.StreamReader has no _buffer bytearray: cannot keep pipelined commands")
+    buffer[0:0] = data
 
 
 def _tls_failure_reason(exc: TLSSetupException) -> str:

@@ -3,9 +3,10 @@ certificate), one recipient per message, every message durable (fdatasync) befor
 
 The listener runs in its own process (as in production); the peers run in this process with
 aiosmtplib. Until the listener is wired to the SQL store, the message sink is either an append-only
-log with group commit (`--sink log`, default: what a database WAL commit costs) or the test suite's
-one-file-per-message sink (`--sink files`: create + rename + directory fsync per message). The
-durable audit record is a second group-committed append.
+log with group commit (`--sink log`, default: what a database WAL commit costs), the test suite's
+one-file-per-message sink (`--sink files`: create + rename + directory fsync per message), or no
+durability at all (`--sink memory`, to see the SMTP + TLS cost alone). The durable audit record is a
+second group-committed append.
 
     .venv/bin/python bench/smtp_inbound.py                      # the standard scenarios
     .venv/bin/python bench/smtp_inbound.py --connections 20 --messages 50 --size 10240
@@ -73,14 +74,27 @@ class LogSink:
         return StoreReceipt(message.queue_id)
 
 
+class MemorySink:
+    """Not durable: only to separate the cost of SMTP + TLS from the cost of fsync."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def store(self, message: InboundMessage) -> StoreReceipt:
+        self.count += 1
+        return StoreReceipt(message.queue_id)
+
+
 class LogAudit:
-    def __init__(self, log: GroupCommitLog) -> None:
+    def __init__(self, log: GroupCommitLog | None) -> None:
         self.log = log
 
     def record(self, event: SmtpAuditEvent) -> None:
         pass
 
     async def record_durable(self, event: SmtpAuditEvent) -> None:
+        if self.log is None:
+            return
         await self.log.append(json.dumps({"action": event.action, "queue_id": event.queue_id}).encode())
 
 
@@ -95,7 +109,10 @@ def _serve(directory: str, ready: multiprocessing.Queue[int], fast: bool, sink_k
     async def main() -> None:
         pki = make_test_pki(Path(directory) / "pki")
         extra: dict[str, object] = {}
-        if sink_kind == "log":
+        if sink_kind == "memory":
+            extra["sink"] = MemorySink()
+            extra["audit_sink"] = LogAudit(None)
+        elif sink_kind == "log":
             extra["sink"] = LogSink(GroupCommitLog(Path(directory) / "messages.log"))
             extra["audit_sink"] = LogAudit(GroupCommitLog(Path(directory) / "audit.log"))
         running = await start_inbound(
@@ -126,6 +143,12 @@ def message(size: int, index: int) -> bytes:
     return head + line * max(1, (size - len(head)) // len(line))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), to compare runs on a busy machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Result:
     label: str
@@ -133,6 +156,8 @@ class Result:
     seconds: float
     latencies: list[float]
     size: int
+    server_cpu: float = 0.0
+    client_cpu: float = 0.0
 
     def report(self) -> str:
         rate = self.messages / self.seconds
@@ -140,8 +165,10 @@ class Result:
         p99 = sorted(self.latencies)[max(0, int(len(self.latencies) * 0.99) - 1)] * 1000
         mbps = rate * self.size / 1e6
         return (
-            f"{self.label:<48} {self.messages:>6} msgs {self.seconds:>7.2f} s {rate:>8.1f} msg/s "
-            f"{mbps:>7.1f} MB/s  DATA→250 p50 {p50:6.1f} ms p99 {p99:6.1f} ms"
+            f"{self.label:<44} {self.messages:>5} msgs {self.seconds:>7.2f} s {rate:>8.1f} msg/s "
+            f"{mbps:>7.1f} MB/s  DATA→250 p50 {p50:6.1f} ms p99 {p99:6.1f} ms  "
+            f"CPU/msg: listener {self.server_cpu / self.messages * 1000:5.2f} ms, "
+            f"peers {self.client_cpu / self.messages * 1000:5.2f} ms"
         )
 
 
@@ -201,7 +228,7 @@ def main() -> None:
     parser.add_argument("--size", type=int)
     parser.add_argument("--per-message-connection", action="store_true")
     parser.add_argument("--uvloop", action="store_true", help="run the listener on uvloop")
-    parser.add_argument("--sink", choices=["log", "files"], default="log")
+    parser.add_argument("--sink", choices=["log", "files", "memory"], default="log")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-smtp-") as directory:
@@ -223,20 +250,23 @@ def main() -> None:
             ]
         try:
             loop_name = "uvloop" if args.uvloop else "asyncio"
-            print(
-                f"listener on {loop_name}, sink {args.sink}; Python {sys.version.split()[0]}; {os.cpu_count()} CPUs"
-            )
+            python = sys.version.split()[0]
+            print(f"listener on {loop_name}, sink {args.sink}; Python {python}; {os.cpu_count()} CPUs")
+            assert server.pid is not None
             for connections, messages, size, per_message in scenarios:
-                result = asyncio.run(
-                    run(
-                        port,
-                        pki_dir,
-                        connections=connections,
-                        messages=messages,
-                        size=size,
-                        per_message=per_message,
-                    )
+                before = cpu_seconds(server.pid)
+                client_before = time.process_time()
+                scenario = run(
+                    port,
+                    pki_dir,
+                    connections=connections,
+                    messages=messages,
+                    size=size,
+                    per_message=per_message,
                 )
+                result = asyncio.run(scenario)
+                result.server_cpu = cpu_seconds(server.pid) - before
+                result.client_cpu = time.process_time() - client_before
                 print(result.report(), flush=True)
         finally:
             server.terminate()

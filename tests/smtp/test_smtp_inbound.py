@@ -464,3 +464,76 @@ async def test_reload_applies_to_new_sessions(inbound: Inbound) -> None:
     async with client(inbound, inbound.pki.peer_a) as smtp:
         await smtp.ehlo()
         assert smtp.esmtp_extensions["size"] == "4096"
+
+
+async def read_until_closed(raw: Raw) -> list[str]:
+    lines = []
+    while line := await asyncio.wait_for(raw.reader.readline(), 10):
+        lines.append(line.decode().rstrip())
+    return lines
+
+
+async def test_idle_and_data_timeouts(tmp_path: Path, test_pki: PkiSet) -> None:
+    running = await start_inbound(tmp_path, test_pki, idle_timeout_seconds=0.3, data_timeout_seconds=0.3)
+    try:
+        idle = await Raw.connect(running.port)
+        assert await read_until_closed(idle) == ["421 4.4.2 Timeout, closing connection"]
+        await idle.close()
+        raw = await Raw.ready(running, test_pki.peer_a)
+        await raw.cmd("MAIL FROM:<dr.a@peer-a.test>")
+        await raw.cmd(f"RCPT TO:<{RCPT}>")
+        assert (await raw.cmd("DATA")).startswith("354")
+        raw.writer.write(b"Subject: never finished\r\n\r\npartial")
+        assert await read_until_closed(raw) == ["421 4.4.2 Timeout, closing connection"]
+        await raw.close()
+        assert running.sink.messages() == []
+    finally:
+        await running.service.stop(grace=1)
+
+
+async def test_connection_limit(tmp_path: Path, test_pki: PkiSet) -> None:
+    running = await start_inbound(tmp_path, test_pki, max_connections=1)
+    try:
+        first = await Raw.connect(running.port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+        second = Raw(reader, writer)
+        assert await read_until_closed(second) == ["421 4.7.0 Too many connections, try again later"]
+        await second.close()
+        assert (await first.cmd("NOOP")).startswith("250")
+        await first.cmd("QUIT")
+        await first.close()
+        for _ in range(50):
+            if running.service.active_sessions == 0:
+                break
+            await asyncio.sleep(0.02)
+        third = await Raw.connect(running.port)
+        assert (await third.cmd("NOOP")).startswith("250")
+        await third.close()
+    finally:
+        await running.service.stop(grace=1)
+
+
+async def test_ehlo_helo_and_starttls_advertising(inbound: Inbound) -> None:
+    raw = await Raw.connect(inbound.port)
+    raw.writer.write(b"EHLO mx.peer-a.test\r\n")
+    before = await raw.reply()
+    assert before[-1] == "250 STARTTLS"
+    await raw.starttls(inbound.pki.client_context(inbound.pki.peer_a))
+    # RFC 3207: the session starts over; MAIL needs a new EHLO.
+    assert await raw.cmd("MAIL FROM:<dr.a@peer-a.test>") == "503 5.5.1 Send EHLO first"
+    raw.writer.write(b"EHLO mx.peer-a.test\r\n")
+    after = await raw.reply()
+    assert not any("STARTTLS" in line for line in after)
+    assert [line[4:] for line in after[1:]] == [
+        "SIZE 26214400",
+        "8BITMIME",
+        "PIPELINING",
+        "ENHANCEDSTATUSCODES",
+        "DSN",
+    ]
+    assert (await raw.cmd("HELO mx.peer-a.test")).startswith("250 ")
+    assert await raw.cmd("MAIL FROM:<dr.a@peer-a.test> BODY=8BITMIME") == (
+        "501 5.5.4 MAIL parameters need EHLO, not HELO"
+    )
+    assert (await raw.cmd("MAIL FROM:<dr.a@peer-a.test>")).startswith("250 2.1.0")
+    await raw.close()

@@ -537,3 +537,48 @@ async def test_ehlo_helo_and_starttls_advertising(inbound: Inbound) -> None:
     )
     assert (await raw.cmd("MAIL FROM:<dr.a@peer-a.test>")).startswith("250 2.1.0")
     await raw.close()
+
+
+async def test_implicit_tls_session_for_reuse_by_submission(tmp_path: Path, test_pki: PkiSet) -> None:
+    """The wire layer also serves a listener whose transport is TLS from the first byte (465)."""
+    from mssante_operator.smtp.inbound import InboundPolicy, InboundSmtp
+    from mssante_operator.smtp.service import wire_config
+    from mssante_operator.smtp.wire import SessionRegistry
+
+    running = await start_inbound(tmp_path, test_pki)
+    context = test_pki.server_context()
+    registry = SessionRegistry()
+    ports = running.service._ports
+    server = await asyncio.get_running_loop().create_server(
+        lambda: InboundSmtp(
+            wire_config(running.settings),
+            ports=ports,
+            policy=InboundPolicy(),
+            tls_context=context,
+            registry=registry,
+        ),
+        "127.0.0.1",
+        0,
+        ssl=context,
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=test_pki.client_context(test_pki.peer_a), server_hostname=SERVER_HOST
+        )
+        raw = Raw(reader, writer)
+        assert (await raw.reply())[0].startswith("220 ")
+        raw.writer.write(b"EHLO mx.peer-a.test\r\n")
+        assert not any("STARTTLS" in line for line in await raw.reply())
+        assert await raw.cmd("STARTTLS") == "503 5.5.1 TLS is already active"
+        assert (await raw.cmd("MAIL FROM:<dr.a@peer-a.test>")).startswith("250 2.1.0")
+        assert (await raw.cmd(f"RCPT TO:<{RCPT}>")).startswith("250")
+        assert (await raw.cmd("DATA")).startswith("354")
+        raw.writer.write(b"Subject: implicit\r\n\r\nx\r\n.\r\n")
+        assert (await raw.reply())[-1].startswith("250 2.0.0 Ok ")
+        await raw.close()
+        [(stored, _)] = running.sink.messages()
+        assert b"using TLSv1.3" in stored and test_pki.peer_a.subject.encode() in stored
+    finally:
+        server.close()
+        await running.service.stop(grace=1)

@@ -137,7 +137,7 @@ class InboundSmtp(MssSmtp):
 
     # -- TLS ------------------------------------------------------------------------------
 
-    async def after_starttls(self) -> None:
+    async def after_tls(self) -> None:
         assert self.tls is not None
         der = self.tls.peer_certificate_der
         if der is None:

@@ -189,6 +189,8 @@ class MssSmtp(SMTP):
         self.peer_port = 0
         self._bad_commands = 0
         self._refused_at_connect = False
+        self._implicit_tls = False
+        self._tls_checked = True
         self._busy = False
         self._closing = False
         self._log = log.bind(listener=config.listener, session=self.session_id)
@@ -212,13 +214,14 @@ class MssSmtp(SMTP):
         """A refusal worth recording (audit, metrics). Default: log it."""
         self._log.info("refused", stage=stage, reason=decision.reason, reply=str(decision.reply))
 
-    async def after_starttls(self) -> None:
-        """The handshake succeeded; `self.tls` is set. Subclasses validate the peer here."""
+    async def after_tls(self) -> None:
+        """TLS is up (STARTTLS, or implicit TLS on the first command); `self.tls` is set.
+        Subclasses validate the peer certificate here."""
 
     def ehlo_keywords(self) -> list[str]:
         keywords = [f"SIZE {self.config.max_message_size}", "8BITMIME", "PIPELINING", "ENHANCEDSTATUSCODES"]
         keywords.append("DSN")
-        if self.tls_context is not None and self._tls_protocol is None:
+        if self.tls_context is not None and not self.tls_active:
             keywords.append("STARTTLS")
         return keywords
 
@@ -226,7 +229,7 @@ class MssSmtp(SMTP):
 
     @property
     def tls_active(self) -> bool:
-        return self._tls_protocol is not None and self.tls is not None
+        return self.tls is not None and (self._tls_protocol is not None or self._implicit_tls)
 
     def peer_info(self) -> PeerInfo:
         tls = self.tls
@@ -264,6 +267,11 @@ class MssSmtp(SMTP):
             self.registry.add(self)
             self._log = self._log.bind(peer=self.peer_ip)
             self._log.debug("connected")
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None:  # implicit TLS (submission on 465): no STARTTLS
+                self._implicit_tls = True
+                self.tls = _tls_state(ssl_object)
+                self._tls_checked = False
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -334,6 +342,9 @@ class MssSmtp(SMTP):
 
     def _guarded(self, name: str, method: Callable[[str | None], Awaitable[None]]) -> Callable[..., Any]:
         async def guarded(arg: str | None) -> None:
+            if not self._tls_checked:
+                self._tls_checked = True
+                await self.after_tls()
             if self.config.require_tls and not self.tls_active:
                 await self.reply(STARTTLS_REQUIRED)
                 if name in ("MAIL", "RCPT", "DATA", "AUTH"):
@@ -401,7 +412,7 @@ class MssSmtp(SMTP):
         )
 
     async def smtp_STARTTLS(self, arg: str | None) -> None:
-        if self._tls_protocol is not None:
+        if self.tls_active:
             await self.reply(TLS_ALREADY_ACTIVE)
             return
         if arg:
@@ -426,18 +437,9 @@ class MssSmtp(SMTP):
         self.helo = None
         self.transaction = None
         ssl_object = self.transport.get_extra_info("ssl_object") if self.transport is not None else None
-        if isinstance(ssl_object, ssl.SSLObject):
-            cipher = ssl_object.cipher()
-            self.tls = TlsState(
-                version=ssl_object.version(),
-                cipher=cipher[0] if cipher else None,
-                bits=cipher[2] if cipher else None,
-                peer_certificate_der=ssl_object.getpeercert(binary_form=True),
-            )
-        else:
-            self.tls = TlsState(None, None, None, None)
+        self.tls = _tls_state(ssl_object)
         self._log.debug("TLS established", version=self.tls.version, cipher=self.tls.cipher)
-        await self.after_starttls()
+        await self.after_tls()
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         if not self.helo:
@@ -555,6 +557,18 @@ class MssSmtp(SMTP):
 
     async def smtp_EXPN(self, arg: str | None) -> None:
         await self.reply(SmtpReply(502, "5.5.1", "EXPN is not implemented"))
+
+
+def _tls_state(ssl_object: object) -> TlsState:
+    if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
+        return TlsState(None, None, None, None)
+    cipher = ssl_object.cipher()
+    return TlsState(
+        version=ssl_object.version(),
+        cipher=cipher[0] if cipher else None,
+        bits=cipher[2] if cipher else None,
+        peer_certificate_der=ssl_object.getpeercert(binary_form=True),
+    )
 
 
 def _unread(stream: asyncio.StreamReader, data: bytes) -> None:

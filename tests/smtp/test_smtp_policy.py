@@ -46,6 +46,9 @@ def test_mail_from_order_and_replies() -> None:
     assert mail(peer=PeerVerdict(False, "CRL expired", temporary=True)).startswith(
         "client_certificate_unverifiable 454 4.7.0"
     )
+    assert mail(peer=PeerVerdict(True, "ok", subject_dn="")).startswith(
+        "client_certificate_invalid 550 5.7.1"
+    )
     assert mail(declared_size=1001).startswith("size_exceeded 552 5.3.4")
     assert mail(trust=Verdict(False, "no entry for this DN")) == (
         "sender_not_bound 550 5.7.1 Sender not authorized: the trust list does not bind certificate subject "

@@ -49,8 +49,13 @@ def peer_certificate_decision(peer: PeerVerdict | None) -> Decision:
             ),
             "no_client_certificate",
         )
-    if peer.ok:
+    if peer.ok and peer.subject_dn:
         return Decision.accept(SENDER_OK)
+    if peer.ok:
+        return Decision.refuse(
+            SmtpReply(550, "5.7.1", "Client certificate refused: its subject DN is empty"),
+            "client_certificate_invalid",
+        )
     if peer.temporary:
         return Decision.refuse(
             SmtpReply(454, "4.7.0", f"Client certificate cannot be checked right now: {peer.reason}"),

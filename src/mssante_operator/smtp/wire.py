@@ -81,7 +81,7 @@ class WireConfig:
     max_line_length: int = 1000
     max_header_count: int = 500
     max_recipients: int = 100
-    max_bad_commands: int = 10
+    max_bad_commands: int = 20
     max_connections: int = 500
     idle_timeout: float = 300.0
     data_timeout: float = 600.0
@@ -484,6 +484,10 @@ class MssSmtp(SMTP):
             await self.refused("rcpt", Decision.refuse(exc.reply, "syntax"), recipient=arg)
             return
         spec = RecipientSpec(address=str(recipient), params=params)
+        if any(r.address.lower() == spec.address.lower() for r in transaction.recipients):
+            # Accepted once already: deliver once.
+            await self.reply(SmtpReply(250, "2.1.5", "Recipient ok (duplicate ignored)"))
+            return
         decision = await self.rcpt_decision(recipient, spec)
         if decision.allowed:
             transaction.recipients.append(spec)

@@ -143,6 +143,7 @@ class PkiSet:
     peer_b: Issued  # valid certificate, bound to no domain
     revoked: Issued
     rogue_peer: Issued  # issued by an unknown CA
+    expired: Issued  # issued by the right CA, expired yesterday
     crl: x509.CertificateRevocationList
 
     def server_context(self, client_cert: str = "request") -> ssl.SSLContext:
@@ -168,6 +169,9 @@ def make_test_pki(directory: Path) -> PkiSet:
     peer_b = _leaf(directory, "peer-b", ca, "mx.peer-b.test", "Peer B")
     revoked = _leaf(directory, "revoked", ca, "mx.revoked.test", "Peer Revoked")
     rogue_peer = _leaf(directory, "rogue-peer", rogue_ca, "mx.peer-a.test", "Peer A")
+    expired = _leaf(
+        directory, "expired", ca, "mx.peer-a.test", "Peer A", not_after=NOW - dt.timedelta(hours=12)
+    )
     crl = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca.cert.subject)
@@ -181,7 +185,7 @@ def make_test_pki(directory: Path) -> PkiSet:
         )
         .sign(ca.key, hashes.SHA256())
     )
-    return PkiSet(directory, ca, rogue_ca, server, peer_a, peer_b, revoked, rogue_peer, crl)
+    return PkiSet(directory, ca, rogue_ca, server, peer_a, peer_b, revoked, rogue_peer, expired, crl)
 
 
 # -- TEST-ONLY port implementations ----------------------------------------------------------

@@ -95,7 +95,7 @@ class LogAudit:
     async def record_durable(self, event: SmtpAuditEvent) -> None:
         if self.log is None:
             return
-        await self.log.append(json.dumps({"action": event.action, "queue_id": event.queue_id}).encode())
+        await self.log.append(json.dumps({"event": event.event, "queue_id": event.queue_id}).encode())
 
 
 def _serve(directory: str, ready: multiprocessing.Queue[int], fast: bool, sink_kind: str) -> None:

@@ -326,7 +326,7 @@ class ListAudit:
         self.events.append(event)
 
     async def record_durable(self, event: SmtpAuditEvent) -> None:
-        line = json.dumps({"action": event.action, "queue_id": event.queue_id, "reason": event.reason}) + "\n"
+        line = json.dumps({"event": event.event, "queue_id": event.queue_id, "reason": event.reason}) + "\n"
         await asyncio.to_thread(self._append, line)
         self.events.append(event)
         self.durable.append(event)

@@ -155,7 +155,9 @@ async def test_happy_path_stores_byte_exact_with_received_and_dsn_params(inbound
         {"address": RCPT, "notify": "SUCCESS,FAILURE", "orcpt": "rfc822;jean.martin@hopital.test"}
     ]
     [accepted] = inbound.audit.durable
-    assert accepted.outcome == "accepted" and accepted.queue_id == queue_id
+    assert (accepted.event, accepted.stage, accepted.outcome) == ("message.accepted", "data", "accepted")
+    assert accepted.queue_id == queue_id and accepted.recipients == (RCPT,)
+    assert accepted.reply == f"250 2.0.0 Ok {queue_id}" and accepted.mail_from == "dr.a@peer-a.test"
     assert accepted.peer_subject_dn == inbound.pki.peer_a.subject
     assert (inbound.audit.path.read_text().count(queue_id)) == 1
 
@@ -182,7 +184,10 @@ async def test_no_client_certificate_is_refused_with_a_reason(inbound: Inbound) 
     assert info.value.code == 530
     assert info.value.message.startswith("5.7.0 A TLS client certificate is required")
     [event] = inbound.audit.refused()
-    assert event.reason == "no_client_certificate" and event.action == "smtp.inbound.mail"
+    assert event.reason == "no_client_certificate" and (event.event, event.stage) == (
+        "message.refused",
+        "mail",
+    )
 
 
 @pytest.mark.parametrize(
@@ -202,7 +207,7 @@ async def test_untrusted_certificate_fails_the_handshake_and_is_audited(
             break
         await asyncio.sleep(0.05)
     [event] = inbound.audit.refused()
-    assert event.action == "smtp.inbound.tls" and event.reason == "tls_handshake_failed"
+    assert (event.event, event.stage) == ("tls.refused", "tls") and event.reason == "tls_handshake_failed"
     assert (
         event.reply == f"554 5.7.0 TLS handshake failed: client certificate verification failed: {expected}"
     )
@@ -360,7 +365,7 @@ async def test_smuggling_is_refused_and_not_split(inbound: Inbound, smuggle: byt
     await raw.close()
     assert inbound.sink.messages() == []
     [event] = inbound.audit.refused()
-    assert event.reason == "bare_line_ending" and event.action == "smtp.inbound.data"
+    assert event.reason == "bare_line_ending" and (event.event, event.stage) == ("message.refused", "data")
 
 
 async def test_pipelining(inbound: Inbound) -> None:

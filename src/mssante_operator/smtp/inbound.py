@@ -95,10 +95,12 @@ class InboundSmtp(MssSmtp):
     # -- audit ----------------------------------------------------------------------------
 
     def _event(
-        self, action: str, outcome: str, reason: str, reply: SmtpReply | str, **kw: Any
+        self, stage: str, outcome: str, reason: str, reply: SmtpReply | str, **kw: Any
     ) -> SmtpAuditEvent:
+        kind = "tls" if stage == "tls" else "message"
         return SmtpAuditEvent(
-            action=f"{LISTENER.replace('-', '.')}.{action}",
+            event=f"{kind}.{outcome}",
+            stage=stage,
             outcome=outcome,
             listener=LISTENER,
             peer_ip=self.peer_ip,
@@ -274,7 +276,7 @@ class InboundSmtp(MssSmtp):
             return STORAGE_FAILED
         reply = accepted_reply(receipt.queue_id)
         event = self._event(
-            "message",
+            "data",
             "accepted",
             "ok",
             reply,

@@ -81,7 +81,8 @@ class StoreReceipt:
 class SmtpAuditEvent:
     """One accept or refusal. Never carries a message body."""
 
-    action: str  # e.g. "smtp.inbound.message", "smtp.inbound.mail", "smtp.inbound.rcpt", "smtp.inbound.tls"
+    event: str  # the audit vocabulary: "message.accepted", "message.refused", "tls.refused"
+    stage: str  # where in the session: "tls", "mail", "rcpt", "data"
     outcome: str  # "accepted" | "refused"
     listener: str
     peer_ip: str

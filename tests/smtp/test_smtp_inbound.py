@@ -340,6 +340,32 @@ async def test_size_declared_and_actual(tmp_path: Path, test_pki: PkiSet) -> Non
             )
             # The session goes on.
             assert (await smtp.noop())[0] == 250
+        # A peer that keeps sending far beyond the limit is cut off without waiting for the end.
+        raw = await Raw.ready(running, test_pki.peer_a)
+        await raw.cmd("MAIL FROM:<dr.a@peer-a.test>")
+        await raw.cmd(f"RCPT TO:<{RCPT}>")
+        assert (await raw.cmd("DATA")).startswith("354")
+        raw.writer.write(b"Subject: endless\r\n\r\n" + (b"y" * 76 + b"\r\n") * 20_000)
+        # The server closes while octets are still in flight, so the client may see a reset
+        # instead of the reply; either way the session is over.
+        try:
+            lines = await read_until_closed(raw)
+        except (ConnectionResetError, ssl.SSLError):
+            lines = []
+        cut = (
+            "552 5.3.4 Message size exceeds fixed maximum message size of 2048 octets; closing the connection"
+        )
+        assert lines in ([], [cut])
+        for _ in range(50):
+            if running.audit.refused():
+                break
+            await asyncio.sleep(0.02)
+        assert [(e.stage, e.reason, e.reply) for e in running.audit.refused()][-1] == (
+            "data",
+            "size_exceeded",
+            cut,
+        )
+        await raw.close()
         assert running.sink.messages() == []
     finally:
         await running.service.stop(grace=1)

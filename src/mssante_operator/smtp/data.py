@@ -95,6 +95,11 @@ class DataReader:
         return self._done
 
     @property
+    def wire_octets(self) -> int:
+        """Octets consumed so far, including the ones discarded after a limit was exceeded."""
+        return self._wire
+
+    @property
     def result(self) -> DataResult:
         if self._result is None:
             raise RuntimeError("DATA is not finished")

@@ -41,6 +41,7 @@ from mssante_operator.smtp.dsn import (
     ParamOptions,
     parse_mail_params,
     parse_rcpt_params,
+    size_exceeded_reply,
 )
 from mssante_operator.smtp.policy import data_start_decision
 from mssante_operator.smtp.ports import PeerInfo, PeerVerdict, RecipientSpec
@@ -511,7 +512,26 @@ class MssSmtp(SMTP):
             await self.reply(start.reply)
             return
         await self.reply(start.reply)
-        result = await self._read_data(DataReader(self.config.data_limits()))
+        try:
+            result = await self._read_data(DataReader(self.config.data_limits()))
+        except asyncio.CancelledError:
+            raise
+        except _DataCutOff as cut:
+            self._log.warning("DATA far beyond the size limit, closing")
+            await self.refused(
+                "data",
+                Decision.refuse(cut.reply, "size_exceeded"),
+                mail_from=transaction.mail_from,
+                recipients=tuple(r.address for r in transaction.recipients),
+            )
+            self._close_with(cut.reply)
+            return
+        except Exception as exc:
+            # Never go back to reading commands from the middle of a message: its remaining
+            # lines would be taken for commands.
+            self._log.error("error while reading DATA, closing", error=repr(exc))
+            self._close_with(SmtpReply(421, "4.3.0", "Local error while receiving the message, closing"))
+            return
         if result is None:  # connection lost mid-DATA: nothing was accepted
             return
         try:
@@ -537,6 +557,7 @@ class MssSmtp(SMTP):
         where aiosmtpd's command loop reads next."""
         stream = self._reader
         loop = asyncio.get_running_loop()
+        drain_limit = 2 * self.config.max_message_size + 1024 * 1024
         self._reset_timeout(self.config.data_timeout)
         last_reset = loop.time()
         while not reader.done:
@@ -549,6 +570,13 @@ class MssSmtp(SMTP):
             used = reader.feed(chunk)
             if used < len(chunk):
                 _unread(stream, chunk[used:])
+            if not reader.done and reader.wire_octets > drain_limit:
+                # RFC 5321 wants the reply after the end of data, but not at any cost: a peer
+                # still sending at twice the limit is cut off.
+                reply = size_exceeded_reply(self.config.max_message_size)
+                raise _DataCutOff(
+                    SmtpReply(reply.code, reply.enhanced, reply.text + "; closing the connection")
+                )
             now = loop.time()
             if now - last_reset > 1.0:
                 self._reset_timeout(self.config.data_timeout)
@@ -561,6 +589,12 @@ class MssSmtp(SMTP):
 
     async def smtp_EXPN(self, arg: str | None) -> None:
         await self.reply(SmtpReply(502, "5.5.1", "EXPN is not implemented"))
+
+
+class _DataCutOff(Exception):
+    def __init__(self, reply: SmtpReply) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
 
 
 def _tls_state(ssl_object: object) -> TlsState:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
+import random
+import re
 import ssl
 from pathlib import Path
 
@@ -622,4 +625,71 @@ async def test_implicit_tls_session_for_reuse_by_submission(tmp_path: Path, test
         assert b"using TLSv1.3" in stored and test_pki.peer_a.subject.encode() in stored
     finally:
         server.close()
+        await running.service.stop(grace=1)
+
+
+def _fuzz_lines(rng: random.Random) -> list[bytes]:
+    verbs = [
+        b"MAIL FROM:",
+        b"RCPT TO:",
+        b"EHLO",
+        b"HELO",
+        b"RSET",
+        b"NOOP",
+        b"VRFY",
+        b"HELP",
+        b"XYZ",
+        b"DATA",
+    ]
+    pieces = [
+        b"<",
+        b">",
+        b"@",
+        b"<>",
+        b" ",
+        b"=",
+        b"SIZE=",
+        b"NOTIFY=",
+        b"ORCPT=rfc822;",
+        b"ENVID=",
+        b"+",
+        b"\r",
+    ]
+    lines = []
+    for _ in range(rng.randint(1, 25)):
+        kind = rng.random()
+        if kind < 0.5:
+            line = rng.choice(verbs) + b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 8)))
+        elif kind < 0.8:
+            line = bytes(rng.randint(32, 126) for _ in range(rng.randint(0, 80)))
+        elif kind < 0.95:
+            line = bytes(rng.randint(0, 255) for _ in range(rng.randint(0, 60))).replace(b"\n", b"")
+        else:
+            line = b"MAIL FROM:<" + b"a" * rng.randint(900, 3000) + b"@x.test>"
+        if line.upper().startswith((b"DATA", b"QUIT", b"STARTTLS")):
+            line = b"NOOP " + line
+        lines.append(line)
+    return lines
+
+
+async def test_fuzzed_commands_never_cause_internal_errors(tmp_path: Path, test_pki: PkiSet) -> None:
+    running = await start_inbound(tmp_path, test_pki, max_bad_commands=10_000)
+    rng = random.Random(int(os.environ.get("MSS_FUZZ_SEED", "20261122")))
+    enhanced = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
+    # RFC 2034 3: replies to HELO/EHLO carry no enhanced code.
+    hello = re.compile(r"^250[ -](mx\.hopital\.test|SIZE \d+|8BITMIME|PIPELINING|ENHANCEDSTATUSCODES|DSN$)")
+    try:
+        for _ in range(30):
+            raw = await Raw.ready(running, test_pki.peer_a)
+            lines = _fuzz_lines(rng)
+            raw.writer.write(b"".join(line + b"\r\n" for line in lines) + b"QUIT\r\n")
+            replies = await read_until_closed(raw)
+            await raw.close()
+            # Sessions end with QUIT, or earlier on aiosmtpd's limit of unrecognized commands.
+            assert replies[-1].startswith(("221 2.0.0", "502 5.5.1 Too many unrecognized")), (lines, replies)
+            for reply in replies:
+                assert enhanced.match(reply) or hello.match(reply), (lines, reply)
+                assert not reply.startswith("451 4.3.0 Local error"), (lines, reply)
+        assert running.sink.messages() == []
+    finally:
         await running.service.stop(grace=1)

@@ -312,6 +312,10 @@ class MssSmtp(SMTP):
     # -- replies -------------------------------------------------------------------------
 
     async def push(self, status: str | bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            # aiosmtpd's loop may still reply after it closed the connection (too many
+            # unrecognized commands); writing to a closed TLS transport would raise.
+            return
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
         code = int(text[:3]) if text[:3].isdigit() else 0
         if code and code not in (220, 354) and not _HAS_ENHANCED.match(text):

@@ -693,3 +693,39 @@ async def test_fuzzed_commands_never_cause_internal_errors(tmp_path: Path, test_
         assert running.sink.messages() == []
     finally:
         await running.service.stop(grace=1)
+
+
+async def test_data_over_the_wire_with_random_write_boundaries(inbound: Inbound) -> None:
+    rng = random.Random(int(os.environ.get("MSS_FUZZ_SEED", "7")))
+    raw = await Raw.ready(inbound, inbound.pki.peer_a)
+    expected: list[bytes] = []
+    for index in range(8):
+        lines = [b"Subject: wire %d\r\n" % index, b"X-MSS-NIL: fuzz\r\n", b"\r\n"]
+        for _ in range(rng.randint(0, 400)):
+            dots = b"." * rng.choice([0, 0, 0, 1, 2])
+            lines.append(dots + bytes(rng.randint(33, 126) for _ in range(rng.randint(0, 90))) + b"\r\n")
+        stuffed = b"".join(b"." + line if line.startswith(b".") else line for line in lines)
+        expected.append(b"".join(lines))
+        stream = (
+            b"MAIL FROM:<dr.a@peer-a.test>\r\nRCPT TO:<jean.martin@hopital.test>\r\nDATA\r\n"
+            + stuffed
+            + b".\r\n"
+        )
+        # MAIL, RCPT and DATA are answered before the content is needed; send it all in pieces.
+        position = 0
+        while position < len(stream):
+            size = rng.choice([1, 2, 5, 100, 1500, 9000])
+            raw.writer.write(stream[position : position + size])
+            position += size
+            await raw.writer.drain()
+            if rng.random() < 0.1:
+                await asyncio.sleep(0.001)
+        replies = [(await raw.reply())[-1] for _ in range(4)]
+        assert [r[:3] for r in replies] == ["250", "250", "354", "250"], replies
+    await raw.cmd("QUIT")
+    await raw.close()
+    stored = [raw_message for raw_message, _ in inbound.sink.messages()]
+    assert len(stored) == 8
+    for message in stored:
+        body = message[message.index(b"Subject: wire") :]
+        assert body in expected

@@ -132,6 +132,9 @@ class InboundSmtp(MssSmtp):
             mail_from=event.mail_from,
             recipients=list(event.recipients),
         )
+        self._record(event)
+
+    def _record(self, event: SmtpAuditEvent) -> None:
         try:
             self.ports.audit.record(event)
         except Exception as exc:  # an audit hiccup must not kill the session; it is logged loudly
@@ -164,7 +167,7 @@ class InboundSmtp(MssSmtp):
         )
         if not verdict.ok:
             decision = peer_certificate_decision(verdict)
-            self.ports.audit.record(self._event("tls", "refused", decision.reason, decision.reply))
+            self._record(self._event("tls", "refused", decision.reason, decision.reply))
 
     # -- MAIL / RCPT ------------------------------------------------------------------------
 

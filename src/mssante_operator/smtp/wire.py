@@ -219,6 +219,10 @@ class MssSmtp(SMTP):
         """TLS is up (STARTTLS, or implicit TLS on the first command); `self.tls` is set.
         Subclasses validate the peer certificate here."""
 
+    def param_options(self) -> ParamOptions:
+        """Which MAIL/RCPT parameters this listener accepts (submission adds AUTH=)."""
+        return self.config.param_options()
+
     def ehlo_keywords(self) -> list[str]:
         keywords = [f"SIZE {self.config.max_message_size}", "8BITMIME", "PIPELINING", "ENHANCEDSTATUSCODES"]
         keywords.append("DSN")
@@ -458,7 +462,7 @@ class MssSmtp(SMTP):
             assert self.session is not None
             if tokens and not self.session.extended_smtp:
                 raise ParamError(SmtpReply(501, "5.5.4", "MAIL parameters need EHLO, not HELO"))
-            params = parse_mail_params(tokens, self.config.param_options())
+            params = parse_mail_params(tokens, self.param_options())
         except (PathError, ParamError) as exc:
             await self.reply(exc.reply)
             await self.refused("mail", Decision.refuse(exc.reply, "syntax"), mail_from=arg)
@@ -483,7 +487,7 @@ class MssSmtp(SMTP):
             assert self.session is not None
             if tokens and not self.session.extended_smtp:
                 raise ParamError(SmtpReply(501, "5.5.4", "RCPT parameters need EHLO, not HELO"))
-            params = parse_rcpt_params(tokens, self.config.param_options())
+            params = parse_rcpt_params(tokens, self.param_options())
         except (PathError, ParamError) as exc:
             await self.reply(exc.reply)
             await self.refused("rcpt", Decision.refuse(exc.reply, "syntax"), recipient=arg)

@@ -157,6 +157,8 @@ async def test_happy_path_stores_byte_exact_with_received_and_dsn_params(inbound
     assert envelope["recipients"] == [
         {"address": RCPT, "notify": "SUCCESS,FAILURE", "orcpt": "rfc822;jean.martin@hopital.test"}
     ]
+    [tls] = [e for e in inbound.audit.events if e.event == "tls.established"]
+    assert tls.peer_subject_dn == inbound.pki.peer_a.subject and (tls.detail or "").startswith("TLSv1.3 TLS_")
     [accepted] = inbound.audit.durable
     assert (accepted.event, accepted.stage, accepted.outcome) == ("message.accepted", "data", "accepted")
     assert accepted.queue_id == queue_id and accepted.recipients == (RCPT,)

@@ -97,9 +97,12 @@ class InboundSmtp(MssSmtp):
     def _event(
         self, stage: str, outcome: str, reason: str, reply: SmtpReply | str, **kw: Any
     ) -> SmtpAuditEvent:
-        kind = "tls" if stage == "tls" else "message"
+        if stage == "tls":
+            name = "tls.established" if outcome == "accepted" else "tls.refused"
+        else:
+            name = f"message.{outcome}"
         return SmtpAuditEvent(
-            event=f"{kind}.{outcome}",
+            event=name,
             stage=stage,
             outcome=outcome,
             listener=LISTENER,
@@ -165,8 +168,11 @@ class InboundSmtp(MssSmtp):
             certificate_ok=verdict.ok,
             certificate_reason=None if verdict.ok else verdict.reason,
         )
-        if not verdict.ok:
-            decision = peer_certificate_decision(verdict)
+        decision = peer_certificate_decision(verdict)
+        if decision.allowed:
+            detail = f"{self.tls.version} {self.tls.cipher}"
+            self._record(self._event("tls", "accepted", "ok", "", detail=detail))
+        else:
             self._record(self._event("tls", "refused", decision.reason, decision.reply))
 
     # -- MAIL / RCPT ------------------------------------------------------------------------

@@ -94,6 +94,7 @@ class SmtpAuditEvent:
     recipients: tuple[str, ...] = ()
     queue_id: str | None = None
     size: int | None = None
+    detail: str | None = None  # e.g. the TLS version and cipher of tls.established
 
 
 class PeerVerifier(Protocol):

@@ -239,3 +239,24 @@ def test_bulk_path_handles_a_large_body() -> None:
     result, consumed = run(body + b".\r\nQUIT\r\n", DataLimits(max_size=10**7))
     assert result.ok and result.content == body.replace(b"\r\n.", b"\r\n")
     assert consumed == len(body) + 3
+
+
+@given(st.text(max_size=120), st.text(max_size=200), st.text(max_size=60), st.text(max_size=40))
+def test_received_header_is_always_one_safe_header(helo: str, subject: str, recipient: str, qid: str) -> None:
+    info = ReceivedInfo(
+        helo=helo,
+        peer_ip="192.0.2.1",
+        by_host="mx.example",
+        queue_id=qid,
+        tls_version="TLSv1.3",
+        tls_cipher="TLS_AES_128_GCM_SHA256",
+        peer_subject=subject,
+        recipient=recipient or None,
+    )
+    header = received_header(info, datetime(2026, 1, 1, tzinfo=UTC))
+    assert header.isascii() and header.startswith(b"Received: from ") and header.endswith(b"\r\n")
+    lines = header[:-2].split(b"\r\n")
+    assert all(line.startswith(b"\t") for line in lines[1:])
+    assert b"\n" not in header.replace(b"\r\n", b"") and b"\r" not in header.replace(b"\r\n", b"")
+    parsed = email.message_from_bytes(header + b"\r\nbody", policy=email.policy.SMTP)
+    assert list(parsed.keys()) == ["Received"]

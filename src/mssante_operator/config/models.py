@@ -82,6 +82,20 @@ class SmtpInboundSettings(Section):
     host: str = "127.0.0.1"
     port: Port = 25
     max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
+    max_recipients: int = Field(default=100, ge=1, description="RCPT TO per message (more: 452 4.5.3)")
+    max_line_length: int = Field(default=1000, ge=80, description="octets per DATA line, CRLF included")
+    max_header_count: int = Field(default=500, ge=10)
+    max_bad_commands: int = Field(default=20, ge=1, description="syntax/sequence errors before 421")
+    max_connections: int = Field(default=500, ge=1)
+    idle_timeout_seconds: float = Field(default=300.0, gt=0, description="between commands (RFC 5321: 5 min)")
+    data_timeout_seconds: float = Field(default=600.0, gt=0, description="silence allowed inside DATA")
+    tls_client_certificate: Literal["request", "require"] = Field(
+        default="request",
+        description="request: a missing certificate is refused with an SMTP reply after STARTTLS; "
+        "require: the TLS handshake itself fails without one",
+    )
+    suspended_mailbox: Literal["temporary", "permanent"] = "temporary"
+    closed_mailbox: Literal["unknown", "disabled"] = "unknown"
 
 
 class SmtpSubmissionSettings(Section):

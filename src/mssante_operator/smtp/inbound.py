@@ -10,9 +10,7 @@ audit → "250 2.0.0 Ok <queue id>".
 
 from __future__ import annotations
 
-import os
 import ssl
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -45,20 +43,9 @@ from mssante_operator.smtp.ports import (
 )
 from mssante_operator.smtp.replies import STORAGE_FAILED, Decision, SmtpReply
 from mssante_operator.smtp.wire import MssSmtp, SessionRegistry, Transaction, WireConfig
+from mssante_operator.store.mailstore import new_queue_id
 
 LISTENER = "smtp-inbound"
-
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
-def new_queue_id() -> str:
-    """A 26-character, time-ordered, unique id (ULID layout: 48-bit ms time + 80 random bits)."""
-    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
 
 
 @dataclass(frozen=True, slots=True)

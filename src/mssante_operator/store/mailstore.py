@@ -576,6 +576,7 @@ class MailStore:
         folder: str = INBOX,
         flags: Sequence[str] = (),
         internal_date: datetime | None = None,
+        queue_id: str | None = None,
     ) -> StoredMessage:
         """Store one message for its local recipients and queue it for its remote ones.
 
@@ -601,7 +602,8 @@ class MailStore:
             groups.setdefault(key, []).append(delivery)
 
         content_key = new_data_key()
-        queue_id = new_queue_id()
+        # The SMTP side names the message in its Received header before storing it: keep that id.
+        queue_id = queue_id or new_queue_id()
         copies: dict[str, LocalCopy] = {}
         entry_ids: list[int] = []
         published: list[MailboxChange] = []

@@ -1,0 +1,178 @@
+"""Thin adapters from the real packages to the ports the front ends and workers declare.
+
+This is composition code: it knows every package so that none of them has to know another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from cryptography import x509
+
+from mssante_operator.audit import AuditEvent, AuditLog
+from mssante_operator.ops.logging import get_logger
+from mssante_operator.pki import CertificateValidator, RefusalReason, Usage
+from mssante_operator.relay.dsn import DsnAction, DsnRecipient, DsnReport, build_dsn, should_notify
+from mssante_operator.smtp.ports import (
+    InboundMessage,
+    MailboxState,
+    PeerVerdict,
+    RecipientSpec,
+    SmtpAuditEvent,
+    StoreReceipt,
+    Verdict,
+)
+from mssante_operator.store.mailstore import MailStore, OutboundDelivery
+
+log = get_logger(__name__)
+
+_TEMPORARY_PKI = frozenset({RefusalReason.NO_CRL, RefusalReason.CRL_EXPIRED})
+
+
+class PkiPeerVerifier:
+    """`smtp.ports.PeerVerifier` over the current `CertificateValidator` (rebuilt on reload)."""
+
+    def __init__(
+        self, validator: Callable[[], CertificateValidator], usage: Usage = Usage.TLS_CLIENT
+    ) -> None:
+        self._validator = validator
+        self._usage = usage
+
+    async def verify_peer(self, certificate_der: bytes) -> PeerVerdict:
+        try:
+            cert = x509.load_der_x509_certificate(certificate_der)
+        except ValueError as exc:
+            return PeerVerdict(False, f"unreadable client certificate: {exc}")
+        result = self._validator().validate(cert, usage=self._usage)
+        subject = result.identity.subject_dn if result.identity else cert.subject.rfc4514_string()
+        return PeerVerdict(result.ok, result.detail, subject, temporary=result.reason in _TEMPORARY_PKI)
+
+
+class StoreRecipients:
+    """`smtp.ports.RecipientDirectory`: local mailboxes from the store, the national directory's
+    opinion when a mirror is plugged in."""
+
+    def __init__(self, mailstore: MailStore) -> None:
+        self._store = mailstore
+
+    async def mailbox_state(self, address: str) -> MailboxState | None:
+        mailbox = await self._store.get_mailbox(address)
+        return None if mailbox is None else MailboxState(mailbox.status.value)
+
+    async def exchange_decision(self, sender: str | None, recipient: str) -> Verdict | None:
+        return None
+
+
+class DsnSender:
+    """Sends a DSN from the null sender: into the sender's INBOX when it is hosted here,
+    through the relay queue otherwise."""
+
+    def __init__(self, mailstore: MailStore, on_queued: Callable[[], None] | None = None) -> None:
+        self._store = mailstore
+        self.on_queued = on_queued
+
+    async def send(self, recipient: str, message: bytes) -> None:
+        if await self._store.get_mailbox(recipient) is not None:
+            await self._store.store_message(message, local_recipients=[recipient])
+            return
+        await self._store.store_message(
+            message, local_recipients=[], outbound=[OutboundDelivery(mail_from="", recipient=recipient)]
+        )
+        if self.on_queued is not None:
+            self.on_queued()
+
+
+class StoreSink:
+    """`smtp.ports.MessageSink`: one durable transaction into every recipient's INBOX, then the
+    success DSNs that senders asked for (NOTIFY=SUCCESS)."""
+
+    def __init__(self, mailstore: MailStore, dsn: DsnSender, hostname: str) -> None:
+        self._store = mailstore
+        self._dsn = dsn
+        self._hostname = hostname
+
+    async def store(self, message: InboundMessage) -> StoreReceipt:
+        stored = await self._store.store_message(
+            message.raw,
+            local_recipients=[r.address for r in message.recipients],
+            internal_date=message.received_at,
+            queue_id=message.queue_id,
+        )
+        wanted = [
+            r
+            for r in message.recipients
+            if should_notify(message.mail_from, r.params.notify_wire(), DsnAction.DELIVERED)
+        ]
+        if wanted:
+            try:
+                await self._success_dsn(message, wanted)
+            except Exception:  # the message itself is safe; a lost success notice is only logged
+                log.exception("success DSN failed", queue_id=stored.queue_id)
+        return StoreReceipt(stored.queue_id)
+
+    async def _success_dsn(self, message: InboundMessage, recipients: list[RecipientSpec]) -> None:
+        now = datetime.now(UTC)
+        report = DsnReport(
+            reporting_mta=self._hostname,
+            sender=message.mail_from,
+            arrival_date=message.received_at,
+            envid=message.mail_params.envid,
+            ret=None,
+            original_message=message.raw,
+            recipients=[
+                DsnRecipient(
+                    final_recipient=r.address,
+                    original_recipient=_orcpt(r),
+                    action=DsnAction.DELIVERED,
+                    status="2.0.0",
+                    diagnostic="250 2.0.0 delivered to the recipient's INBOX",
+                    last_attempt=now,
+                )
+                for r in recipients
+            ],
+        )
+        await self._dsn.send(message.mail_from, build_dsn(report, now=now, message_id_domain=self._hostname))
+
+
+def _orcpt(recipient: RecipientSpec) -> str | None:
+    orcpt = recipient.params.orcpt
+    return None if orcpt is None else f"{orcpt.addr_type};{orcpt.address}"
+
+
+def _smtp_outcome(outcome: str) -> str:
+    return {"accepted": "success", "refused": "refused"}.get(outcome, outcome)
+
+
+def smtp_audit_event(event: SmtpAuditEvent) -> AuditEvent:
+    details: dict[str, object] = {"listener": event.listener, "stage": event.stage}
+    for key in ("reply", "helo", "mail_from", "size", "detail"):
+        value = getattr(event, key)
+        if value not in (None, ""):
+            details[key] = value
+    if event.recipients:
+        details["recipients"] = list(event.recipients)
+    return AuditEvent(
+        event=event.event,
+        outcome=_smtp_outcome(event.outcome),
+        actor=event.peer_subject_dn or event.peer_ip,
+        mailbox=event.recipients[0] if len(event.recipients) == 1 else None,
+        message_ref=event.queue_id,
+        remote_addr=event.peer_ip,
+        cert_subject=event.peer_subject_dn,
+        reason=event.reason,
+        details=details,
+    )
+
+
+class AuditAdapter:
+    """`smtp.ports.AuditSink` over the process's `AuditLog`."""
+
+    def __init__(self, audit: AuditLog) -> None:
+        self._audit = audit
+
+    def record(self, event: SmtpAuditEvent) -> None:
+        self._audit.record(smtp_audit_event(event))
+
+    async def record_durable(self, event: SmtpAuditEvent) -> None:
+        await self._audit.record_durable(smtp_audit_event(event))

@@ -227,3 +227,7 @@ class AuditRecord(Base):
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+# Tables owned by other packages register on the same metadata (alembic's env imports this module).
+from mssante_operator.trust import models as _trust_models  # noqa: E402, F401

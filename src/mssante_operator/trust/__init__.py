@@ -1,0 +1,1 @@
+"""The ANS trust list: parse, import, refresh, and the DN ↔ domain decisions."""

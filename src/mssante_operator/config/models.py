@@ -138,7 +138,9 @@ class TrustSettings(Section):
         default=None, description="CA certificates (PEM) that verify the list's server; default: system CAs"
     )
     refresh_interval_hours: float = Field(default=24.0, ge=0, description="0 disables periodic refresh")
-    max_shrink: float = Field(default=0.2, ge=0, le=1, description="refuse a list losing more than this share")
+    max_shrink: float = Field(
+        default=0.2, ge=0, le=1, description="refuse a list losing more than this share"
+    )
     fetch_timeout_seconds: float = Field(default=60.0, gt=0)
     max_size_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     health_max_age_hours: float = Field(

@@ -53,7 +53,7 @@ async def fetch_trust_list(
     url: str,
     *,
     ca_file: Path | None = None,
-    timeout: float = 60.0,
+    timeout_seconds: float = 60.0,
     max_size: int = 32 * 1024 * 1024,
     etag: str | None = None,
     last_modified: str | None = None,
@@ -68,7 +68,7 @@ async def fetch_trust_list(
         headers["If-None-Match"] = etag
     if last_modified:
         headers["If-Modified-Since"] = last_modified
-    client_timeout = aiohttp.ClientTimeout(total=timeout)
+    client_timeout = aiohttp.ClientTimeout(total=timeout_seconds)
     try:
         async with (
             aiohttp.ClientSession(timeout=client_timeout) as http,
@@ -102,13 +102,17 @@ async def fetch_trust_list(
     except TrustFetchError:
         raise
     except aiohttp.ClientConnectorCertificateError as exc:
-        raise TrustFetchError(f"{url}: TLS certificate verification failed: {exc.certificate_error}") from None
+        raise TrustFetchError(
+            f"{url}: TLS certificate verification failed: {exc.certificate_error}"
+        ) from None
     except aiohttp.ClientSSLError as exc:
         raise TrustFetchError(f"{url}: TLS handshake failed: {exc}") from None
+    except aiohttp.ClientConnectorError as exc:
+        raise TrustFetchError(f"{url}: cannot connect to {exc.host}:{exc.port}: {exc.os_error}") from None
     except aiohttp.TooManyRedirects:
         raise TrustFetchError(f"{url}: more than {MAX_REDIRECTS} redirects") from None
     except TimeoutError:
-        raise TrustFetchError(f"{url}: no complete answer within {timeout:g} s") from None
+        raise TrustFetchError(f"{url}: no complete answer within {timeout_seconds:g} s") from None
     except aiohttp.ClientError as exc:
         raise TrustFetchError(f"{url}: {type(exc).__name__}: {exc}") from None
 
@@ -132,7 +136,7 @@ async def refresh_trust_list(
     fetched = await fetch_trust_list(
         target,
         ca_file=settings.ca_file,
-        timeout=settings.fetch_timeout_seconds,
+        timeout_seconds=settings.fetch_timeout_seconds,
         max_size=settings.max_size_bytes,
         etag=snapshot.etag if same_source and snapshot is not None else None,
         last_modified=snapshot.last_modified if same_source and snapshot is not None else None,

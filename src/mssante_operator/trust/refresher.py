@@ -46,7 +46,8 @@ class TrustRefresher:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._retry = FIRST_RETRY_SECONDS
-        self._busy = False
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._force_next = False
         self.last_result: ImportResult | None = None
         self.last_error: str | None = None
@@ -69,17 +70,13 @@ class TrustRefresher:
         task, self._task = self._task, None
         if task is None:
             return
-        if grace > 0:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                # Only an idle wait is cut short; a running import is left to complete within grace.
-                await asyncio.wait_for(asyncio.shield(self._until_idle(task)), timeout=grace)
+        if grace > 0 and not self._idle.is_set():
+            # Only an idle wait is cut short; a running fetch and import get `grace` to complete.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout=grace)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-    async def _until_idle(self, task: asyncio.Task[None]) -> None:
-        while self._busy and not task.done():
-            await asyncio.sleep(0.05)
 
     async def reload(self, settings: Settings | TrustSettings) -> None:
         """Take new settings; the next wait is recomputed at once."""
@@ -93,7 +90,7 @@ class TrustRefresher:
 
     async def refresh_once(self) -> ImportResult | None:
         """One fetch and import; returns None (and records `last_error`) when the fetch failed."""
-        self._busy = True
+        self._idle.clear()
         try:
             result = await refresh_trust_list(self._sessions, self._settings)
         except TrustFetchError as exc:
@@ -101,7 +98,7 @@ class TrustRefresher:
             log.warning("trust.refresh.failed", error=str(exc))
             return None
         finally:
-            self._busy = False
+            self._idle.set()
         self.last_result = result
         self.last_error = None if result.ok else result.reason
         if self._trust_store is not None:

@@ -148,7 +148,10 @@ async def trust_health(sessions: async_sessionmaker[AsyncSession], max_age_hours
     """For /healthz: a list is loaded and was confirmed within `max_age_hours` (0: no age check)."""
     snapshot = await current_snapshot(sessions)
     if snapshot is None:
-        return False, "no trust list imported (run `mssante-operator trust import --url` or `trust import FILE`)"
+        return (
+            False,
+            "no trust list imported (run `mssante-operator trust import --url` or `trust import FILE`)",
+        )
     now = utcnow()
     checked = snapshot.checked_at
     detail = f"{snapshot.entry_count} entries from {snapshot.source}, last confirmed {_age(checked, now)} ago"

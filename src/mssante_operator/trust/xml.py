@@ -121,7 +121,7 @@ class _Handler(xml.sax.handler.ContentHandler):
         self.text: list[str] = []
         self.seen_keys: set[tuple[str, str]] = set()
 
-    def setDocumentLocator(self, locator: xml.sax.xmlreader.Locator) -> None:  # noqa: N802
+    def setDocumentLocator(self, locator: xml.sax.xmlreader.Locator) -> None:
         self.locator = locator
 
     def line(self) -> int | None:
@@ -130,9 +130,7 @@ class _Handler(xml.sax.handler.ContentHandler):
     def ours(self, namespace: str | None) -> bool:
         return namespace in (NAMESPACE, None, "")
 
-    def startElementNS(  # noqa: N802
-        self, name: tuple[str | None, str], qname: str | None, attrs: object
-    ) -> None:
+    def startElementNS(self, name: tuple[str | None, str], qname: str | None, attrs: object) -> None:
         namespace, local = name
         self.depth += 1
         if self.depth == 1:
@@ -170,7 +168,7 @@ class _Handler(xml.sax.handler.ContentHandler):
         elif self.generated_text is not None:
             self.generated_text.append(content)
 
-    def endElementNS(self, name: tuple[str | None, str], qname: str | None) -> None:  # noqa: N802
+    def endElementNS(self, name: tuple[str | None, str], qname: str | None) -> None:
         namespace, local = name
         self.depth -= 1
         if not self.ours(namespace) or self.depth == 0:
@@ -268,7 +266,9 @@ def parse_trust_list(data: bytes) -> TrustList:
     except TrustListError:
         raise
     except DefusedXmlException as exc:
-        raise TrustListError(f"refused: the document declares entities or external references ({exc})") from None
+        raise TrustListError(
+            f"refused: the document declares entities or external references ({exc})"
+        ) from None
     except xml.sax.SAXParseException as exc:
         raise TrustListError(
             f"not well-formed XML at line {exc.getLineNumber()}, column {exc.getColumnNumber()}: "
@@ -316,5 +316,7 @@ def generate_sample_xml(entries: Sequence[tuple[str, str]], generated_at: dateti
         for tag, value in values.items():
             ElementTree.SubElement(domaine, f"{{{NAMESPACE}}}{tag}").text = value
     ElementTree.indent(root)
-    body: bytes = ElementTree.tostring(root, encoding="UTF-8", xml_declaration=True, default_namespace=NAMESPACE)
+    body: bytes = ElementTree.tostring(
+        root, encoding="UTF-8", xml_declaration=True, default_namespace=NAMESPACE
+    )
     return body + b"\n"

@@ -301,7 +301,8 @@ def parse_dn(text: str) -> ParsedDN:
     """Parse a DN string into RDNs in RFC 4514 order (most specific first); raise DNSyntaxError."""
     if len(text) > MAX_DN_LENGTH:
         raise DNSyntaxError(f"DN longer than {MAX_DN_LENGTH} characters")
-    stripped = text.strip()
+    # Only leading spaces: a trailing one may be escaped (`CN=a\ `).
+    stripped = text.lstrip()
     if stripped.startswith("/"):
         return _parse_slash_form(stripped)
     return _Parser(stripped).parse()

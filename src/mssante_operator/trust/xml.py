@@ -12,6 +12,7 @@ namespaces (an XML signature, say) and unknown children are ignored.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import xml.sax
 import xml.sax.handler
@@ -74,17 +75,17 @@ def parse_date(text: str) -> datetime:
     """ISO 8601 or the French `dd/mm/yyyy[ HH:MM[:SS]]`; a time without zone is Paris time."""
     value = text.strip()
     parsed: datetime | None = None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
-    except ValueError:
-        for fmt in _DATE_FORMATS:
-            try:
-                parsed = datetime.strptime(value, fmt)
-            except ValueError:
-                continue
-            if fmt.endswith("Z"):
-                parsed = parsed.replace(tzinfo=UTC)
-            break
+    for fmt in _DATE_FORMATS:
+        try:
+            parsed = datetime.strptime(value, fmt)
+        except ValueError:
+            continue
+        if fmt.endswith("Z"):
+            parsed = parsed.replace(tzinfo=UTC)
+        break
+    if parsed is None:
+        with contextlib.suppress(ValueError):
+            parsed = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
     if parsed is None:
         raise ValueError(f"unrecognised date {value[:60]!r}")
     if parsed.tzinfo is None:

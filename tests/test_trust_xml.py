@@ -75,13 +75,13 @@ def test_real_format() -> None:
     assert idn.operator_dn == "CN=mx.hopital-general.fr,O=Hôpital Général\\, Lyon,ST=Rhône (69),C=FR"
     assert idn.description is None and idn.date_maj is None and idn.support_contact is None
     rejected = {r.line: r for r in parsed.rejected}
-    assert set(rejected) == {31, 35, 38, 42}
-    assert "missing or empty <Nom>" in rejected[31].reason
-    assert rejected[35].domain == "sans-dn.mssante.fr"
-    assert "missing or empty <DNCertificatOperateur>" in rejected[35].reason
-    assert "<Nom>" in rejected[38].reason and "mauvais_domaine.fr" in rejected[38].reason
-    assert "<DNCertificatOperateur>" in rejected[42].reason and "expected an attribute type" in rejected[42].reason
-    assert str(rejected[35]).startswith("line 35 (sans-dn.mssante.fr): ")
+    assert set(rejected) == {25, 29, 32, 36}
+    assert "missing or empty <Nom>" in rejected[25].reason
+    assert rejected[29].domain == "sans-dn.mssante.fr"
+    assert "missing or empty <DNCertificatOperateur>" in rejected[29].reason
+    assert "<Nom>" in rejected[32].reason and "mauvais_domaine.fr" in rejected[32].reason
+    assert "<DNCertificatOperateur>" in rejected[36].reason and "expected an attribute type" in rejected[36].reason
+    assert str(rejected[29]).startswith("line 29 (sans-dn.mssante.fr): ")
 
 
 def test_same_domain_and_dn_twice_is_kept_once() -> None:

@@ -54,13 +54,26 @@ def cert_name(dn: str) -> x509.Name:
         (DN_A1, "op-a.mssante.fr", False, True, "2.1.0", "is bound to op-a.mssante.fr"),
         (DN_A2, "OP-A.mssante.fr.", False, True, "2.1.0", "bound"),
         (cert_name(DN_A1), "op-a.mssante.fr", False, True, "2.1.0", "bound"),
-        ("C=FR, ST=Paris (75), O=OPERATEUR A, OU=1750000018, CN=smtp1.op-a.fr", "op-a.mssante.fr", False, True,
-         "2.1.0", "bound"),
+        (
+            "C=FR, ST=Paris (75), O=OPERATEUR A, OU=1750000018, CN=smtp1.op-a.fr",
+            "op-a.mssante.fr",
+            False,
+            True,
+            "2.1.0",
+            "bound",
+        ),
         (DN_B, "hôpital-b.mssante.fr", False, True, "2.1.0", "bound"),
         (DN_B, "xn--hpital-b-43a.mssante.fr", False, True, "2.1.0", "bound"),
         (DN_B, "op-a.mssante.fr", True, False, "5.7.1", "is not bound to sender domain op-a.mssante.fr"),
         (DN_UNKNOWN, "op-a.mssante.fr", False, False, "5.7.1", "not bound to sender domain"),
-        (DN_A1, "gmail.com", True, False, "5.7.1", "sender domain gmail.com is not in the MSSanté trust list"),
+        (
+            DN_A1,
+            "gmail.com",
+            True,
+            False,
+            "5.7.1",
+            "sender domain gmail.com is not in the MSSanté trust list",
+        ),
         (DN_A1, "bad_domain.fr", True, False, "5.1.8", "bad sender domain"),
         (DN_A1, None, True, True, "2.1.0", "null sender"),
         (DN_UNKNOWN, None, False, False, "5.7.1", "not bound to any domain"),
@@ -76,9 +89,7 @@ def test_inbound(
     reason_part: str,
 ) -> None:
     entries = for_domain(mail_from_domain) if mail_from_domain else []
-    decision = inbound_peer_decision(
-        entries, peer, mail_from_domain, peer_trusted_anywhere=trusted_anywhere
-    )
+    decision = inbound_peer_decision(entries, peer, mail_from_domain, peer_trusted_anywhere=trusted_anywhere)
     assert (decision.allowed, decision.code) == (allowed, code), decision.reason
     assert reason_part in decision.reason
 
@@ -91,7 +102,12 @@ def test_inbound_ignores_entries_of_other_domains_handed_in() -> None:
 
 def test_list_not_loaded_is_temporary() -> None:
     decision = inbound_peer_decision([], DN_A1, "op-a.mssante.fr", list_loaded=False)
-    assert (decision.allowed, decision.code, decision.reply_code, decision.temporary) == (False, "4.7.1", 451, True)
+    assert (decision.allowed, decision.code, decision.reply_code, decision.temporary) == (
+        False,
+        "4.7.1",
+        451,
+        True,
+    )
     assert outbound_domain_decision("op-a.mssante.fr", LIST, list_loaded=False).code == "4.7.1"
 
 
@@ -121,7 +137,9 @@ def test_outbound_domain(domain: str, allowed: bool, code: str, reason_part: str
         ("op-a.mssante.fr", "garbage", False, "4.7.5", "does not bind"),
     ],
 )
-def test_outbound_peer(domain: str, peer: str | x509.Name, allowed: bool, code: str, reason_part: str) -> None:
+def test_outbound_peer(
+    domain: str, peer: str | x509.Name, allowed: bool, code: str, reason_part: str
+) -> None:
     decision = outbound_peer_decision(domain, LIST, peer)
     assert (decision.allowed, decision.code) == (allowed, code), decision.reason
     assert reason_part in decision.reason

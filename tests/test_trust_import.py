@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 
 import pytest
@@ -10,7 +11,6 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from trust_support import domaine, numbered_list, operator_dn, trust_xml
 
 from mssante_operator.store import session_factory
 from mssante_operator.store.models import utcnow
@@ -24,6 +24,7 @@ from mssante_operator.trust.importer import (
 )
 from mssante_operator.trust.models import TrustEntryRow, TrustSnapshot
 from mssante_operator.trust.store import TrustStore, trust_health
+from trust_support import domaine, numbered_list, operator_dn, trust_xml
 
 
 @pytest.fixture
@@ -119,7 +120,9 @@ async def test_unusable_list_is_refused_and_current_kept(
     assert await _snapshots(sessions) == 1
 
 
-async def test_rejected_entries_are_reported_and_not_stored(sessions: async_sessionmaker[AsyncSession]) -> None:
+async def test_rejected_entries_are_reported_and_not_stored(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
     data = trust_xml([domaine("ok.fr", "CN=a,C=FR"), domaine("bad_.fr", "CN=b,C=FR")])
     result = await import_trust_list(sessions, data, source="a")
     assert result.entries == 1 and len(result.rejected) == 1
@@ -157,10 +160,8 @@ async def test_import_is_atomic_for_readers_and_under_cancellation(
             job = asyncio.create_task(import_trust_list(sessions, numbered_list(1500, start=500), source="x"))
             await asyncio.sleep(delay)
             job.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await job
-            except asyncio.CancelledError:
-                pass
             rows = await _rows(sessions)
             assert len({row[0] for row in rows}) == 1 and len(rows) == 1500
     finally:

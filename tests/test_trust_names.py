@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -134,9 +136,7 @@ def _escape(value: str, style: int) -> str:
     if style == 0:  # RFC 4514 backslash escapes
         out = "".join("\\" + ch if ch in ',+;"\\<>=' else ch for ch in value)
     elif style == 1:  # every special as \hh
-        out = "".join(
-            "".join(f"\\{b:02X}" for b in ch.encode()) if ch in ',+;"\\<>=' else ch for ch in value
-        )
+        out = "".join("".join(f"\\{b:02X}" for b in ch.encode()) if ch in ',+;"\\<>=' else ch for ch in value)
     else:  # quoted (RFC 2253)
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if out.startswith(("#", " ")):
@@ -205,11 +205,9 @@ def test_random_text_parses_or_fails_cleanly(text: str) -> None:
     assert canonical_dn(rdns) == canonical_dn(text)
 
 
-@given(st.text(alphabet=st.sampled_from(list("CNOU=,;+\\\"#/ 0aF")), max_size=60))
+@given(st.text(alphabet=st.sampled_from(list('CNOU=,;+\\"#/ 0aF')), max_size=60))
 @settings(max_examples=500, deadline=None)
 def test_separator_soup_parses_or_fails_cleanly(text: str) -> None:
-    try:
+    with contextlib.suppress(DNSyntaxError):
         parse_dn(text)
-    except DNSyntaxError:
-        pass
     dn_matches(text, text)

@@ -108,7 +108,12 @@ def make_ca(directory: Path, cn: str) -> tuple[Issued, ec.EllipticCurvePrivateKe
 
 
 def issue_server(
-    directory: Path, ca: Issued, ca_key: ec.EllipticCurvePrivateKey, *, ip: str = "127.0.0.1", cn: str = "list"
+    directory: Path,
+    ca: Issued,
+    ca_key: ec.EllipticCurvePrivateKey,
+    *,
+    ip: str = "127.0.0.1",
+    cn: str = "list",
 ) -> Issued:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
@@ -120,7 +125,9 @@ def issue_server(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(hours=1))
         .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False
+        )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(

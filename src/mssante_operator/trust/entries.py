@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -16,11 +17,17 @@ class DomainError(ValueError):
     """A domain name that is not a valid (internationalised) DNS name."""
 
 
+# A plain ASCII host name (no A-label to check): the common case, answered without the IDNA tables.
+_LDH_DOMAIN = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))+")
+
+
 def normalize_domain(domain: str) -> str:
     """The IDNA A-label form, lower case, without a trailing dot; raise DomainError."""
     text = domain.strip().rstrip(".")
     if not text:
         raise DomainError("empty domain name")
+    if len(text) <= MAX_DOMAIN_LENGTH and _LDH_DOMAIN.fullmatch(text) and "--" not in text:
+        return text.lower()
     if "@" in text or any(ch.isspace() for ch in text):
         raise DomainError(f"{domain!r} is not a domain name")
     try:
@@ -36,6 +43,8 @@ def normalize_domain(domain: str) -> str:
 
 def unicode_domain(ascii_domain: str) -> str:
     """The U-label form for display (the A-label itself when it cannot be decoded)."""
+    if "xn--" not in ascii_domain.lower():
+        return ascii_domain
     try:
         return idna.decode(ascii_domain)
     except (idna.IDNAError, UnicodeError):

@@ -24,6 +24,8 @@ from mssante_operator.trust.xml import TrustListError, parse_trust_list
 
 log = get_logger(__name__)
 
+_ENTRIES_TABLE = TrustEntryRow.metadata.tables[TrustEntryRow.__tablename__]
+
 # Snapshot rows (without their entries) kept as an import history.
 SNAPSHOT_HISTORY = 50
 # Key of the PostgreSQL advisory lock that serialises imports between processes.
@@ -225,7 +227,8 @@ async def import_trust_list(
         session.add(snapshot)
         await session.flush()
         await session.execute(delete(TrustEntryRow).where(TrustEntryRow.snapshot_id != snapshot.id))
-        await session.execute(insert(TrustEntryRow), [_row(entry, snapshot.id) for entry in entries])
+        # Core executemany: the ORM bulk path costs several times more for ~9,000 rows.
+        await session.execute(insert(_ENTRIES_TABLE), [_row(entry, snapshot.id) for entry in entries])
         await _prune_history(session, snapshot.id)
         snapshot_id = snapshot.id
     log.info(

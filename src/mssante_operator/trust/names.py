@@ -79,6 +79,12 @@ _OID_RE: Final = re.compile(r"[0-2](?:\.(?:0|[1-9][0-9]*))+")
 _TYPE_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9-]*|[0-9][0-9.]*")
 _HEX_RE: Final = re.compile(r"[0-9A-Fa-f]{2}")
 _HEX_RUN_RE: Final = re.compile(r"(?:[0-9A-Fa-f]{2})+")
+# Runs of value characters needing no attention, for each set of stop characters.
+_PLAIN_RUNS: Final = {
+    ",;+": re.compile(r'[^,;+\\"]+'),
+    "+": re.compile(r'[^+\\"]+'),
+}
+_SIMPLE_ASCII: Final = re.compile(r"[\x20-\x7e]*")
 # Characters RFC 4518 maps to nothing (soft hyphen, zero-width joiners, BOM, variation selectors...).
 _MAPPED_TO_NOTHING: Final = re.compile("[\u00ad\u034f\u180b-\u180d\u200b-\u200d\u2060\ufe00-\ufe0f\ufeff]")
 _SPACES: Final = re.compile(r"\s+")
@@ -110,6 +116,9 @@ def attribute_oid(name: str) -> str:
 
 def normalize_value(value: str) -> str:
     """RFC 4518-style caseIgnoreMatch preparation: NFKC, case fold, insignificant spaces removed."""
+    if _SIMPLE_ASCII.fullmatch(value):
+        # The common case; NFKC and the mapping tables change nothing in printable ASCII.
+        return _SPACES.sub(" ", value.lower()).strip()
     text = _MAPPED_TO_NOTHING.sub("", value)
     text = "".join(ch for ch in text if not unicodedata.category(ch).startswith("C") or ch.isspace())
     text = unicodedata.normalize("NFKC", text).casefold()
@@ -267,17 +276,20 @@ class _Parser:
 
     def plain(self) -> str:
         out = bytearray()
+        run = _PLAIN_RUNS[self.stops]
         while not self.at_end():
+            match = run.match(self.text, self.pos)
+            if match is not None:
+                out.extend(match.group(0).encode("utf-8"))
+                self.pos = match.end()
+                continue
             ch = self.text[self.pos]
             if ch in self.stops:
                 break
             if ch == "\\":
                 self.escape(out)
                 continue
-            if ch == '"':
-                raise self.error("unescaped '\"' inside a value")
-            out.extend(ch.encode("utf-8"))
-            self.pos += 1
+            raise self.error("unescaped '\"' inside a value")
         # Unescaped trailing spaces are not part of the value; normalisation drops them anyway.
         return self.decode(out)
 

@@ -71,21 +71,25 @@ _DATE_FORMATS: Final = (
 )
 
 
+_ISO_START: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
 def parse_date(text: str) -> datetime:
     """ISO 8601 or the French `dd/mm/yyyy[ HH:MM[:SS]]`; a time without zone is Paris time."""
     value = text.strip()
     parsed: datetime | None = None
-    for fmt in _DATE_FORMATS:
-        try:
-            parsed = datetime.strptime(value, fmt)
-        except ValueError:
-            continue
-        if fmt.endswith("Z"):
-            parsed = parsed.replace(tzinfo=UTC)
-        break
-    if parsed is None:
+    if _ISO_START.match(value):
         with contextlib.suppress(ValueError):
             parsed = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+    else:
+        for fmt in _DATE_FORMATS:
+            try:
+                parsed = datetime.strptime(value, fmt)
+            except ValueError:
+                continue
+            if fmt.endswith("Z"):
+                parsed = parsed.replace(tzinfo=UTC)
+            break
     if parsed is None:
         raise ValueError(f"unrecognised date {value[:60]!r}")
     if parsed.tzinfo is None:
@@ -218,8 +222,7 @@ class _Handler(xml.sax.handler.ContentHandler):
             self.reject(name, f"<Nom>: {exc}")
             return
         try:
-            parse_dn(dn_text)
-            key = dn_key(dn_text)
+            key = dn_key(parse_dn(dn_text))
         except DNSyntaxError as exc:
             self.reject(name, f"<DNCertificatOperateur>: {exc}")
             return

@@ -177,7 +177,7 @@ async def test_server_with_another_name_is_refused(pki: dict[str, Issued]) -> No
     runner, port = await _start(app, _server_context(pki["wrong_name"]))
     try:
         with pytest.raises(
-            TrustFetchError, match="TLS certificate verification failed.*(IP address|mismatch)"
+            TrustFetchError, match=r"TLS certificate verification failed.*(IP address|mismatch)"
         ):
             await fetch_trust_list(f"https://127.0.0.1:{port}/list.xml", ca_file=pki["ca"].cert_path)
     finally:

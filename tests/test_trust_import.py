@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -23,8 +24,10 @@ from mssante_operator.trust.importer import (
     shrink_refusal,
 )
 from mssante_operator.trust.models import TrustEntryRow, TrustSnapshot
+from mssante_operator.trust.names import dn_matches
+from mssante_operator.trust.sample import certificate_subject, install_sample_list
 from mssante_operator.trust.store import TrustStore, trust_health
-from trust_support import domaine, numbered_list, operator_dn, trust_xml
+from trust_support import domaine, issue_server, make_ca, numbered_list, operator_dn, trust_xml
 
 
 @pytest.fixture
@@ -153,10 +156,10 @@ async def test_import_is_atomic_for_readers_and_under_cancellation(
 
     task = asyncio.create_task(reader())
     try:
-        for index in range(6):
+        for index in range(3):
             await import_trust_list(sessions, lists[(index + 1) % 2], source=f"s{index}")
         # Cancel imports part-way, at different moments: the store must stay whole.
-        for delay in (0.0, 0.01, 0.03, 0.06, 0.1):
+        for delay in (0.0, 0.02, 0.08):
             job = asyncio.create_task(import_trust_list(sessions, numbered_list(1500, start=500), source="x"))
             await asyncio.sleep(delay)
             job.cancel()
@@ -254,3 +257,19 @@ async def test_health(sessions: async_sessionmaker[AsyncSession]) -> None:
     assert not ok and "stale" in detail and "4.0 days" in detail and "limit 72 h" in detail
     ok, _ = await trust_health(sessions, 0)
     assert ok
+
+
+async def test_install_sample_list(sessions: async_sessionmaker[AsyncSession], tmp_path: Path) -> None:
+    ca, ca_key = make_ca(tmp_path, "Dev CA")
+    server = issue_server(tmp_path, ca, ca_key, cn="mail.hopital-demo.mssante.test")
+    dn = certificate_subject(server.cert_path)
+    assert dn_matches(dn, server.cert.subject)
+    await import_trust_list(sessions, numbered_list(50), source="a")
+    pairs = [("hopital-demo.mssante.test", dn), ("peer.mssante.test", "CN=mx.peer.mssante.test,C=FR")]
+    first = await install_sample_list(sessions, pairs)
+    assert first.outcome is ImportOutcome.IMPORTED and first.entries == 2  # replaces a larger list
+    again = await install_sample_list(sessions, pairs)
+    assert again.outcome is ImportOutcome.UNCHANGED
+    store = TrustStore(sessions)
+    entries = await store.entries_for("hopital-demo.mssante.test")
+    assert len(entries) == 1 and entries[0].matches_dn(server.cert.subject)

@@ -273,3 +273,20 @@ async def test_install_sample_list(sessions: async_sessionmaker[AsyncSession], t
     store = TrustStore(sessions)
     entries = await store.entries_for("hopital-demo.mssante.test")
     assert len(entries) == 1 and entries[0].matches_dn(server.cert.subject)
+
+
+async def test_store_decisions(sessions: async_sessionmaker[AsyncSession]) -> None:
+    store = TrustStore(sessions, check_interval=0)
+    not_loaded = await store.inbound_decision(operator_dn(1), "operateur-1.mssante.fr")
+    assert (not_loaded.allowed, not_loaded.code) == (False, "4.7.1")
+    assert (await store.outbound_domain_decision("operateur-1.mssante.fr")).code == "4.7.1"
+    await import_trust_list(sessions, numbered_list(3), source="a")
+    assert (await store.inbound_decision(operator_dn(1), "operateur-1.mssante.fr")).allowed
+    refused = await store.inbound_decision(operator_dn(2), "operateur-1.mssante.fr")
+    assert (refused.allowed, refused.code) == (False, "5.7.1")
+    assert (await store.inbound_decision(operator_dn(2), None)).allowed
+    assert not (await store.inbound_decision("CN=stranger,C=FR", None)).allowed
+    assert (await store.outbound_domain_decision("OPERATEUR-2.mssante.fr")).allowed
+    assert not (await store.outbound_domain_decision("gmail.com")).allowed
+    assert (await store.outbound_peer_decision("operateur-0.mssante.fr", operator_dn(0))).allowed
+    assert (await store.outbound_peer_decision("operateur-0.mssante.fr", operator_dn(1))).code == "4.7.5"

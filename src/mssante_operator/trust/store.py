@@ -16,6 +16,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mssante_operator.store.models import utcnow
+from mssante_operator.trust.decisions import (
+    TrustDecision,
+    inbound_peer_decision,
+    outbound_domain_decision,
+    outbound_peer_decision,
+)
 from mssante_operator.trust.entries import DomainError, TrustEntry, normalize_domain
 from mssante_operator.trust.importer import SnapshotInfo, aware, current_snapshot
 from mssante_operator.trust.models import TrustEntryRow
@@ -115,6 +121,24 @@ class TrustStore:
             return dn_key(dn) in self._dn_keys
         except DNSyntaxError:
             return False
+
+    async def inbound_decision(self, peer_subject_dn: DNLike, mail_from_domain: str | None) -> TrustDecision:
+        """`inbound_peer_decision` on the active list (`mail_from_domain` None: the null sender)."""
+        loaded = await self.is_loaded()
+        entries = await self.entries_for(mail_from_domain) if mail_from_domain is not None else ()
+        anywhere = mail_from_domain is None and await self.any_entry_for_dn(peer_subject_dn)
+        return inbound_peer_decision(
+            entries, peer_subject_dn, mail_from_domain, peer_trusted_anywhere=anywhere, list_loaded=loaded
+        )
+
+    async def outbound_domain_decision(self, domain: str) -> TrustDecision:
+        """`outbound_domain_decision` on the active list."""
+        loaded = await self.is_loaded()
+        return outbound_domain_decision(domain, await self.entries_for(domain), list_loaded=loaded)
+
+    async def outbound_peer_decision(self, domain: str, peer_subject_dn: DNLike) -> TrustDecision:
+        """`outbound_peer_decision` on the active list."""
+        return outbound_peer_decision(domain, await self.entries_for(domain), peer_subject_dn)
 
     async def all_entries(self, domain_filter: str | None = None) -> tuple[TrustEntry, ...]:
         """Every entry, by domain; `domain_filter` keeps domains containing it (either form)."""

@@ -124,7 +124,10 @@ def list_cmd(
         None, "--domain-filter", "-f", help="Only domains containing this text."
     ),
 ) -> None:
-    """List the active trust list's entries (domain, operator certificate DN, last update)."""
+    """List the active trust list's entries (domain, operator certificate DN, last update).
+
+    On a terminal, a table; otherwise one tab-separated line per entry.
+    """
     settings = state(ctx).settings()
 
     async def go(sessions: async_sessionmaker[AsyncSession]) -> tuple[bool, list[tuple[str, str, str]]]:
@@ -143,12 +146,17 @@ def list_cmd(
     loaded, rows = _with_store(settings, go)
     if not loaded:
         fail("no trust list imported yet: run `mssante-operator trust import FILE` or `trust import --url`")
-    table = Table("domain")
-    table.add_column("operator certificate DN", overflow="fold")
-    table.add_column("updated", no_wrap=True)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    if console.is_terminal:
+        table = Table("domain")
+        table.add_column("operator certificate DN", overflow="fold")
+        table.add_column("updated", no_wrap=True)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    else:
+        # Piped into grep, awk or a file: one tab-separated line per entry, never wrapped.
+        for row in rows:
+            typer.echo("\t".join(row))
     domains = len({row[0] for row in rows})
     console.print(f"{len(rows)} entries, {domains} domains")
 

@@ -149,9 +149,9 @@ async def test_sample_import_list_show_status(cli: Cli, tmp_path: Path) -> None:
     assert (
         "hôpital-démo.mssante.test" in listed.out and "CN=mx.peer-a.mssante.test,O=Peer A,C=FR" in listed.out
     )
-    assert "3 entries, 3 domains" in listed.out
+    assert "3 entries, 3 domains" in listed.err
     filtered = await cli("trust", "list", "--domain-filter", "peer")
-    assert "2 entries, 2 domains" in filtered.out and "hôpital" not in filtered.out
+    assert "2 entries, 2 domains" in filtered.err and "hôpital" not in filtered.out
 
     shown = await cli("trust", "show", "HÔPITAL-DÉMO.mssante.test")
     assert shown.code == 0

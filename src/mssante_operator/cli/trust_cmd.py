@@ -141,7 +141,7 @@ def list_cmd(
             )
             for entry in entries
         ]
-        return await store.is_loaded(), rows
+        return await store.is_loaded(), sorted(rows)
 
     loaded, rows = _with_store(settings, go)
     if not loaded:
@@ -158,7 +158,8 @@ def list_cmd(
         for row in rows:
             typer.echo("\t".join(row))
     domains = len({row[0] for row in rows})
-    console.print(f"{len(rows)} entries, {domains} domains")
+    # The count goes to stderr when piped, so the lines above stay clean data.
+    (console if console.is_terminal else err_console).print(f"{len(rows)} entries, {domains} domains")
 
 
 @app.command("show")

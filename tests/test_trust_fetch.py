@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs7
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mssante_operator.config.models import TrustSettings
@@ -159,6 +161,24 @@ async def test_fetch_timeout(server: ListServer) -> None:
         await fetch_trust_list(server.url("/slow"), ca_file=server.ca.cert_path, timeout_seconds=0.5)
 
 
+async def test_ca_file_formats(server: ListServer, tmp_path: Path, pki: dict[str, Issued]) -> None:
+    """ANS distributes the IGC-Santé chain as DER .cer and .p7b: both work, as does PEM."""
+    cert = server.ca.cert
+    der = tmp_path / "ca.cer"
+    der.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    p7b = tmp_path / "ca.p7b"
+    p7b.write_bytes(pkcs7.serialize_certificates([pki["other_ca"].cert, cert], serialization.Encoding.DER))
+    p7b_pem = tmp_path / "ca-p7b.pem"
+    p7b_pem.write_bytes(pkcs7.serialize_certificates([cert], serialization.Encoding.PEM))
+    for ca_file in (der, p7b, p7b_pem, server.ca.cert_path):
+        result = await fetch_trust_list(server.url(), ca_file=ca_file)
+        assert result.data == server.data
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(b"not a certificate")
+    with pytest.raises(TrustFetchError, match="holds no usable CA certificate"):
+        await fetch_trust_list(server.url(), ca_file=garbage)
+
+
 async def test_server_from_another_ca_is_refused(server: ListServer, pki: dict[str, Issued]) -> None:
     with pytest.raises(TrustFetchError, match="TLS certificate verification failed"):
         await fetch_trust_list(server.url(), ca_file=pki["other_ca"].cert_path)
@@ -187,7 +207,7 @@ async def test_server_with_another_name_is_refused(pki: dict[str, Issued]) -> No
 async def test_only_https(pki: dict[str, Issued]) -> None:
     with pytest.raises(TrustFetchError, match="only https:// URLs"):
         await fetch_trust_list("http://127.0.0.1:1/list.xml")
-    with pytest.raises(TrustFetchError, match=re.escape("cannot load trust.ca_file")):
+    with pytest.raises(TrustFetchError, match=re.escape("cannot read trust.ca_file /nonexistent/ca.pem")):
         await fetch_trust_list("https://127.0.0.1:1/list.xml", ca_file=Path("/nonexistent/ca.pem"))
     with pytest.raises(TrustFetchError, match=re.escape("cannot connect to 127.0.0.1:1")):
         await fetch_trust_list("https://127.0.0.1:1/list.xml", ca_file=pki["ca"].cert_path)

@@ -135,7 +135,8 @@ class TrustSettings(Section):
 
     url: str = Field(default=ANS_TRUST_LIST_URL, description="HTTPS URL of ANS's XML trust list")
     ca_file: Path | None = Field(
-        default=None, description="CA certificates (PEM) that verify the list's server; default: system CAs"
+        default=None,
+        description="CAs (PEM, DER .cer or .p7b) that verify the list's server; default: system CAs",
     )
     refresh_interval_hours: float = Field(default=24.0, ge=0, description="0 disables periodic refresh")
     max_shrink: float = Field(

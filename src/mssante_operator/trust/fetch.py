@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs7
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mssante_operator import __version__
@@ -39,12 +42,38 @@ class FetchResult:
     last_modified: str | None
 
 
+def _ca_pem(ca_file: Path) -> str:
+    """The CA certificates of a PEM, DER (`.cer`) or PKCS#7 (`.p7b`) file, as PEM text.
+
+    ANS distributes the IGC-Santé chain as DER `.cer` and `.p7b` files; accept them as they come.
+    """
+    data = ca_file.read_bytes()
+    certs: list[x509.Certificate] = []
+    if b"-----BEGIN PKCS7-----" in data:
+        certs = pkcs7.load_pem_pkcs7_certificates(data)
+    elif b"-----BEGIN" in data:
+        certs = x509.load_pem_x509_certificates(data)
+    else:
+        try:
+            certs = [x509.load_der_x509_certificate(data)]
+        except ValueError:
+            certs = pkcs7.load_der_pkcs7_certificates(data)
+    if not certs:
+        raise ValueError("no certificate in the file")
+    return "".join(cert.public_bytes(serialization.Encoding.PEM).decode("ascii") for cert in certs)
+
+
 def tls_context(ca_file: Path | None) -> ssl.SSLContext:
     """Server-verifying client context: `ca_file` (the IGC-Santé chain) or the system CAs."""
     try:
-        context = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise TrustFetchError(f"cannot load trust.ca_file {ca_file}: {exc}") from None
+        if ca_file is None:
+            context = ssl.create_default_context()
+        else:
+            context = ssl.create_default_context(cadata=_ca_pem(ca_file))
+    except OSError as exc:
+        raise TrustFetchError(f"cannot read trust.ca_file {ca_file}: {exc.strerror}") from None
+    except (ValueError, ssl.SSLError) as exc:
+        raise TrustFetchError(f"trust.ca_file {ca_file} holds no usable CA certificate: {exc}") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import pytest
 from cryptography import x509
@@ -211,3 +212,18 @@ def test_separator_soup_parses_or_fails_cleanly(text: str) -> None:
     with contextlib.suppress(DNSyntaxError):
         parse_dn(text)
     dn_matches(text, text)
+
+
+@given(st.text(alphabet=st.sampled_from(list('CNOUSTcnou=,; aé.()-1\t\x0c\\"#+')), max_size=60))
+@settings(max_examples=500, deadline=None)
+def test_fast_path_agrees_with_the_full_parser(text: str) -> None:
+    from mssante_operator.trust.names import _Parser
+
+    def outcome(parse: Callable[[], object]) -> object:
+        try:
+            return parse()
+        except DNSyntaxError:
+            return "error"
+
+    full = outcome(lambda: _Parser(text.lstrip()).parse())
+    assert outcome(lambda: parse_dn(text)) == full

@@ -302,3 +302,17 @@ def test_generated_lists_round_trip(items: list[tuple[list[str], str]]) -> None:
     assert not parsed.rejected
     keys = {(normalize_domain(d), dn_key(dn)) for d, dn in pairs}
     assert {(e.domain, e.dn_key) for e in parsed.entries} == keys
+
+
+def test_prefixed_namespace() -> None:
+    data = (
+        f'<?xml version="1.0"?><lb:ListeBlanche xmlns:lb="{NS}">'
+        "<lb:DateDeGeneration>2026-11-21</lb:DateDeGeneration>"
+        "<lb:Domaine><lb:Nom>op.fr</lb:Nom><lb:DNCertificatOperateur>CN=a,C=FR</lb:DNCertificatOperateur>"
+        "<Nom>ignored.fr</Nom></lb:Domaine></lb:ListeBlanche>"
+    ).encode()
+    parsed = parse_trust_list(data)
+    # An unprefixed child here has no namespace: tolerated like the rest, so it counts as a second Nom.
+    assert not parsed.entries and "given twice: Nom" in parsed.rejected[0].reason
+    parsed = parse_trust_list(data.replace(b"<Nom>ignored.fr</Nom>", b""))
+    assert [e.domain for e in parsed.entries] == ["op.fr"] and not parsed.warnings

@@ -15,6 +15,7 @@ names only, 64-character CN limit, no quoting), so the text side is parsed here;
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -309,10 +310,27 @@ def _parse_slash_form(text: str) -> ParsedDN:
     return tuple(reversed(rdns))
 
 
+# `type=value` pairs with nothing to unescape, between `,` or `;`: what the trust list almost always has.
+_SIMPLE_DN: Final = re.compile(
+    r"[ \t\r\n]*[A-Za-z][A-Za-z0-9-]*[ \t\r\n]*=[^,;+\\\"#=]*"
+    r"(?:[,;][ \t\r\n]*[A-Za-z][A-Za-z0-9-]*[ \t\r\n]*=[^,;+\\\"#=]*)*"
+)
+
+
+def _parse_simple(text: str) -> ParsedDN:
+    rdns: list[RDN] = []
+    for part in re.split(r"[,;]", text):
+        name, _, value = part.partition("=")
+        rdns.append(frozenset({(attribute_oid(name), normalize_value(value))}))
+    return tuple(rdns)
+
+
 def parse_dn(text: str) -> ParsedDN:
     """Parse a DN string into RDNs in RFC 4514 order (most specific first); raise DNSyntaxError."""
     if len(text) > MAX_DN_LENGTH:
         raise DNSyntaxError(f"DN longer than {MAX_DN_LENGTH} characters")
+    if _SIMPLE_DN.fullmatch(text):
+        return _parse_simple(text)
     # Only leading spaces: a trailing one may be escaped (`CN=a\ `).
     stripped = text.lstrip()
     if stripped.startswith("/"):
@@ -352,8 +370,19 @@ def canonical_dn(dn: DNLike) -> str:
     return min(_serialize(rdns), _serialize(tuple(reversed(rdns))))
 
 
+@functools.lru_cache(maxsize=8192)
+def _cached_key(dn: str | x509.Name) -> str:
+    return hashlib.sha256(canonical_dn(dn).encode("utf-8")).hexdigest()
+
+
 def dn_key(dn: DNLike) -> str:
-    """A 64-hex-digit key: equal for two DNs exactly when `dn_matches` says they match."""
+    """A 64-hex-digit key: equal for two DNs exactly when `dn_matches` says they match.
+
+    Peers present the same few certificates over and over, so keys of strings and `x509.Name`s are
+    cached.
+    """
+    if isinstance(dn, str | x509.Name):
+        return _cached_key(dn)
     return hashlib.sha256(canonical_dn(dn).encode("utf-8")).hexdigest()
 
 

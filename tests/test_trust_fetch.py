@@ -325,3 +325,23 @@ async def test_refresher_disabled_with_zero_interval(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_refresher_reload_enables_refresh(
+    server: ListServer, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    refresher = TrustRefresher(sessions, _settings(server, refresh_interval_hours=0))
+    await refresher.start()
+    try:
+        await asyncio.sleep(0.3)
+        assert server.requests == []
+        # Enabled with no list loaded yet: due at once.
+        await refresher.reload(_settings(server, refresh_interval_hours=1))
+        await _eventually(lambda: _true(refresher.last_result is not None))
+        assert refresher.last_result is not None and refresher.last_result.outcome is ImportOutcome.IMPORTED
+        # Another reload with a fresh list: no new fetch.
+        await refresher.reload(_settings(server, refresh_interval_hours=2))
+        await asyncio.sleep(0.3)
+        assert len(server.requests) == 1
+    finally:
+        await refresher.stop()

@@ -109,42 +109,47 @@ class TrustRefresher:
         return result
 
     async def _first_delay(self) -> float:
-        snapshot = await current_snapshot(self._sessions)
+        """Seconds until the active list is due for a check (0: now)."""
+        try:
+            snapshot = await current_snapshot(self._sessions)
+        except Exception as exc:  # the store may be briefly unavailable at start
+            log.warning("trust.refresh.store_unavailable", error=f"{type(exc).__name__}: {exc}")
+            return FIRST_RETRY_SECONDS
         if snapshot is None:
             return 0.0
         elapsed = (utcnow() - snapshot.checked_at).total_seconds()
         return max(0.0, self.interval_seconds - elapsed)
 
-    async def _sleep(self, seconds: float | None) -> None:
-        """Sleep `seconds` (None: until woken); a reload or refresh_now wakes it early."""
-        self._wake.clear()
-        with contextlib.suppress(TimeoutError):
+    async def _sleep(self, seconds: float | None) -> bool:
+        """Sleep `seconds` (None: until woken); True when a reload or refresh_now woke it early."""
+        if self._wake.is_set():
+            self._wake.clear()
+            return True
+        try:
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        except TimeoutError:
+            return False
+        self._wake.clear()
+        return True
 
     async def _loop(self) -> None:
-        try:
-            delay: float | None = await self._first_delay()
-        except Exception as exc:  # the store may be briefly unavailable at start
-            log.warning("trust.refresh.store_unavailable", error=str(exc))
-            delay = FIRST_RETRY_SECONDS
+        delay = await self._first_delay()
         while True:
-            if self.interval_seconds <= 0 and not self._force_next:
-                await self._sleep(None)
-                continue
-            if delay is not None and delay > 0 and not self._force_next:
-                await self._sleep(delay)
-                if self._wake.is_set() and not self._force_next:
-                    # Settings changed: recompute the wait from the active list's age.
-                    delay = await self._first_delay() if self.interval_seconds > 0 else None
+            if not self._force_next:
+                woken = await self._sleep(delay if self.interval_seconds > 0 else None)
+                if woken and not self._force_next:
+                    # New settings: wait again, from the active list's age.
+                    delay = await self._first_delay()
                     continue
             self._force_next = False
             try:
                 result = await self.refresh_once()
             except Exception as exc:  # a store error must not kill the service
-                log.error("trust.refresh.error", error=f"{type(exc).__name__}: {exc}")
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("trust.refresh.error", error=self.last_error)
                 result = None
             if result is None:
-                delay = min(self._retry, self.interval_seconds) if self.interval_seconds > 0 else None
+                delay = min(self._retry, self.interval_seconds)
                 self._retry = min(self._retry * 2, max(self.interval_seconds, FIRST_RETRY_SECONDS))
             else:
                 self._retry = FIRST_RETRY_SECONDS

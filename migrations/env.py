@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from alembic import context
 
-from mssante_operator.store.models import Base
+from mssante_operator.store.schema import metadata
 
-target_metadata = Base.metadata
+target_metadata = metadata
 config = context.config
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import Connection, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mssante_operator.store import create_engine, downgrade, head_revision, schema_state, upgrade
-from mssante_operator.store.models import Base
+from mssante_operator.store.schema import metadata
 
 
 def _tables(conn: Connection) -> set[str]:
@@ -19,7 +19,7 @@ def _tables(conn: Connection) -> set[str]:
 
 def _diff(conn: Connection) -> list[Any]:
     ctx = MigrationContext.configure(conn, opts={"compare_type": True})
-    return list(compare_metadata(ctx, Base.metadata))
+    return list(compare_metadata(ctx, metadata))
 
 
 async def test_upgrade_from_empty_creates_every_table(store_url: str) -> None:
@@ -31,7 +31,7 @@ async def test_upgrade_from_empty_creates_every_table(store_url: str) -> None:
         assert state.is_current and state.current == head_revision()
         async with eng.connect() as conn:
             tables = await conn.run_sync(_tables)
-        assert set(Base.metadata.tables) <= tables
+        assert set(metadata.tables) <= tables
     finally:
         await eng.dispose()
 
@@ -40,7 +40,7 @@ async def test_downgrade_upgrade_round_trip(engine: AsyncEngine) -> None:
     await downgrade(engine, "base")
     async with engine.connect() as conn:
         tables = await conn.run_sync(_tables)
-    assert not (set(Base.metadata.tables) & tables)
+    assert not (set(metadata.tables) & tables)
     await upgrade(engine)
     assert (await schema_state(engine)).is_current
 

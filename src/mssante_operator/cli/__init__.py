@@ -18,6 +18,7 @@ from mssante_operator.cli import (
     pki_cmd,
     queue_cmd,
     serve_cmd,
+    trust_cmd,
 )
 from mssante_operator.cli.common import CliState
 
@@ -36,6 +37,7 @@ app.add_typer(mailbox_cmd.app, name="mailbox")
 app.add_typer(keys_cmd.app, name="keys")
 app.add_typer(audit_cmd.app, name="audit")
 app.command("serve")(serve_cmd.serve)
+app.add_typer(trust_cmd.app, name="trust")
 
 
 def _version(value: bool) -> None:

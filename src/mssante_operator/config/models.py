@@ -141,6 +141,35 @@ class PolicySettings(Section):
     auth: AuthPolicySettings = AuthPolicySettings()
 
 
+ANS_TRUST_LIST_URL = "https://espacedeconfiance.mssante.fr/listeblanchemssante.xml"
+
+
+class TrustSettings(Section):
+    """The ANS trust list ("liste blanche"): where to fetch it, how often, what to refuse."""
+
+    url: str = Field(default=ANS_TRUST_LIST_URL, description="HTTPS URL of ANS's XML trust list")
+    ca_file: Path | None = Field(
+        default=None,
+        description="CAs (PEM, DER .cer or .p7b) that verify the list's server; default: system CAs",
+    )
+    refresh_interval_hours: float = Field(default=24.0, ge=0, description="0 disables periodic refresh")
+    max_shrink: float = Field(
+        default=0.2, ge=0, le=1, description="refuse a list losing more than this share"
+    )
+    fetch_timeout_seconds: float = Field(default=60.0, gt=0)
+    max_size_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    health_max_age_hours: float = Field(
+        default=72.0, ge=0, description="/healthz degrades when the list was not confirmed for this long"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError("must be an https:// URL")
+        return value
+
+
 class DemoSettings(Section):
     """What `mssante-operator init` creates for a demo instance."""
 

@@ -22,6 +22,7 @@ from mssante_operator.config.models import (
     SmtpInboundSettings,
     SmtpSubmissionSettings,
     StoreSettings,
+    TrustSettings,
 )
 
 DEFAULT_CONFIG_PATH = Path("config/dev.toml")
@@ -53,6 +54,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     policy: PolicySettings = PolicySettings()
     demo: DemoSettings = DemoSettings()
+    trust: TrustSettings = TrustSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -207,7 +207,11 @@ class PostfixPeer:
             time.sleep(0.02)
 
     async def wait_for_mail_async(
-        self, address_or_localpart: str, timeout: float = 10, *, count: int = 1
+        self,
+        address_or_localpart: str,
+        timeout: float = 10,  # noqa: ASYNC109 - the same signature as wait_for_mail
+        *,
+        count: int = 1,
     ) -> list[bytes]:
         """`wait_for_mail` for a test whose event loop must keep running meanwhile."""
         deadline = time.monotonic() + timeout
@@ -336,7 +340,6 @@ def _main_cf(
         "alias_database": "",
         "local_recipient_maps": "",
         "local_transport": "error:5.1.1 local delivery is disabled",
-        "relay_domains": "",
         # All clients come from 127.0.0.1; treat them as remote (no header rewriting), like a peer.
         "local_header_rewrite_clients": "",
         "smtpd_peername_lookup": "no",
@@ -366,7 +369,11 @@ def _main_cf(
         "smtpd_tls_loglevel": "1",
         "smtpd_client_restrictions": "",
         "smtpd_recipient_restrictions": "",
-        "smtpd_relay_restrictions": "permit_tls_all_clientcerts, reject_unauth_destination",
+        # Relaying: only to routed domains, and only for a client whose certificate verified.
+        "relay_domains": ", ".join(relay_routes),
+        "smtpd_relay_restrictions": (
+            f"reject_unauth_destination, check_recipient_access texthash:{config / 'relay_access'}"
+        ),
         # Outbound: our routes, mandatory verified TLS, our certificate as client certificate.
         "transport_maps": f"texthash:{config / 'transport'}",
         "smtp_tls_policy_maps": f"texthash:{config / 'tls_policy'}",
@@ -392,7 +399,6 @@ def _main_cf(
         if "\n" in key or "\n" in value:
             raise PostfixPeerError(f"main.cf setting {key!r} contains a line break")
         settings[key] = value
-    del relay_routes  # routes live in the transport and TLS policy tables
     return "".join(f"{key} = {value}\n" for key, value in settings.items())
 
 
@@ -516,9 +522,12 @@ def start_postfix_peer(
         if not _LOCAL_PART.fullmatch(local):
             raise PostfixPeerError(f"mailboxes: invalid local part {local!r} (letters, digits, . _ + -)")
     routes = {
-        _check_domain(dest, "relay_routes"): _check_route(dest, hop) for dest, hop in (relay_routes or {}).items()
+        _check_domain(dest, "relay_routes"): _check_route(dest, hop)
+        for dest, hop in (relay_routes or {}).items()
     }
-    matches = {_check_domain(dest, "relay_tls_match"): names for dest, names in (relay_tls_match or {}).items()}
+    matches = {
+        _check_domain(dest, "relay_tls_match"): names for dest, names in (relay_tls_match or {}).items()
+    }
     if unknown := set(matches) - set(routes):
         raise PostfixPeerError(f"relay_tls_match names domains without a route: {sorted(unknown)}")
     for path, what in ((server_cert, "server_cert"), (server_key, "server_key"), (ca_bundle, "ca_bundle")):
@@ -550,11 +559,16 @@ def start_postfix_peer(
             os.chown(box / sub, uid, gid)
 
     _write(config / "virtual_mailboxes", "".join(f"{m}@{domain} {domain}/{m}/\n" for m in mailboxes))
+    _write(
+        config / "relay_access", "".join(f"{dest} permit_tls_all_clientcerts, reject\n" for dest in routes)
+    )
     _write(config / "transport", "".join(f"{dest} smtp:{hop}\n" for dest, hop in routes.items()))
     policies: dict[str, list[str]] = {}
     for dest, hop in routes.items():
         policies.setdefault(hop, []).extend(matches.get(dest, f"{dest}:.{dest}").split(":"))
-    _write(config / "tls_policy", "".join(f"{hop} secure match={':'.join(n)}\n" for hop, n in policies.items()))
+    _write(
+        config / "tls_policy", "".join(f"{hop} secure match={':'.join(n)}\n" for hop, n in policies.items())
+    )
     main_cf = _main_cf(
         directory=directory,
         config=config,

@@ -200,6 +200,7 @@ async def test_client_without_certificate_is_refused(peer: PostfixPeer, dev_pki:
     assert refused.code == 421
     assert refused.message.startswith("4.7.1")
     assert "certificate" in refused.message.lower()
+    await wait_for_log(peer, "TLS from unknown[127.0.0.1]: No client certificate presented")
     assert peer.messages("alice") == []
 
 
@@ -212,6 +213,8 @@ async def test_client_certificate_from_another_ca_is_refused(
     refused = await refusal_after_starttls(peer, context)
     assert refused.code == 421
     assert refused.message.startswith("4.7.1")
+    await wait_for_log(peer, "TLS from unknown[127.0.0.1]: Client certificate not trusted")
+    assert "certificate verification failed for unknown[127.0.0.1]: untrusted issuer" in peer.logs()
     assert peer.messages("alice") == []
 
 

@@ -161,19 +161,7 @@ class PostfixPeer:
                 with contextlib.suppress(ProcessLookupError):
                     self._watchdog.kill()
                 self._watchdog.wait()
-            self._release_directory()
-
-    def _release_directory(self) -> None:
-        # An instance created outside `base` (base not reachable by the postfix user) is removed,
-        # keeping its log next to the caller's files.
-        if self.directory.is_relative_to(self.base):
-            return
-        with contextlib.suppress(OSError):
-            shutil.copyfile(self.log_file, self.base / "postfix-maillog.log")
-        link = self.base / "postfix"
-        if link.is_symlink():
-            link.unlink()
-        shutil.rmtree(self.directory, ignore_errors=True)
+            _release_directory(self.directory, self.base)
 
     # -- mail --------------------------------------------------------------------------------------
 
@@ -259,7 +247,8 @@ class PostfixPeer:
         return [str(entry["queue_id"]) for entry in self.queue()]
 
     def logs(self) -> str:
-        """The instance's whole mail log (Postfix `maillog_file`)."""
+        """The instance's whole mail log (Postfix `maillog_file`), as written so far: postlogd writes
+        asynchronously, so poll for an expected line rather than reading once."""
         try:
             return self.log_file.read_text(errors="replace")
         except FileNotFoundError:
@@ -267,6 +256,19 @@ class PostfixPeer:
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.logs().splitlines()[-lines:])
+
+
+def _release_directory(directory: Path, base: Path) -> None:
+    """Remove an instance created outside `base` (base not reachable by the postfix user), keeping
+    its log next to the caller's files; an instance inside `base` stays for inspection."""
+    if directory.is_relative_to(base):
+        return
+    with contextlib.suppress(OSError):
+        shutil.copyfile(directory / "maillog", base / "postfix-maillog.log")
+    link = base / "postfix"
+    if link.is_symlink():
+        link.unlink()
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
@@ -477,7 +479,6 @@ def _create_queue_directories(directory: Path, uid: int, gid: int) -> None:
         entries += 1
     if entries < 10:
         raise PostfixPeerError(f"{listing}: found only {entries} queue directories; is Postfix installed?")
-    (directory / "queue" / "quick-start").touch()
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
@@ -537,74 +538,83 @@ def start_postfix_peer(
     owner = pwd.getpwnam(MAIL_OWNER)
     uid, gid = owner.pw_uid, owner.pw_gid
     directory = _instance_directory(Path(base), uid, gid)
-    config = directory / "etc"
-    tls = config / "tls"
-    tls.mkdir(parents=True)
-    config.chmod(0o755)
-    shutil.copyfile(server_cert, tls / "server.crt")
-    shutil.copyfile(server_key, tls / "server.key")
-    (tls / "server.key").chmod(0o600)
-    shutil.copyfile(ca_bundle, tls / "ca-bundle.pem")
+    try:
+        config = directory / "etc"
+        tls = config / "tls"
+        tls.mkdir(parents=True)
+        config.chmod(0o755)
+        shutil.copyfile(server_cert, tls / "server.crt")
+        shutil.copyfile(server_key, tls / "server.key")
+        (tls / "server.key").chmod(0o600)
+        shutil.copyfile(ca_bundle, tls / "ca-bundle.pem")
 
-    _create_queue_directories(directory, uid, gid)
-    maildir_root = directory / "maildirs"
-    for path in (maildir_root, maildir_root / domain):
-        path.mkdir()
-        os.chown(path, uid, gid)
-    for local in mailboxes:
-        # Created empty now so a test can tell "nothing delivered" from "no such mailbox".
-        box = maildir_root / domain / local
-        for sub in ("", "tmp", "new", "cur"):
-            (box / sub).mkdir(mode=0o700, exist_ok=True)
-            os.chown(box / sub, uid, gid)
+        _create_queue_directories(directory, uid, gid)
+        maildir_root = directory / "maildirs"
+        for path in (maildir_root, maildir_root / domain):
+            path.mkdir()
+            os.chown(path, uid, gid)
+        for local in mailboxes:
+            # Created empty now so a test can tell "nothing delivered" from "no such mailbox".
+            box = maildir_root / domain / local
+            for sub in ("", "tmp", "new", "cur"):
+                (box / sub).mkdir(mode=0o700, exist_ok=True)
+                os.chown(box / sub, uid, gid)
 
-    _write(config / "virtual_mailboxes", "".join(f"{m}@{domain} {domain}/{m}/\n" for m in mailboxes))
-    _write(
-        config / "relay_access", "".join(f"{dest} permit_tls_all_clientcerts, reject\n" for dest in routes)
-    )
-    _write(config / "transport", "".join(f"{dest} smtp:{hop}\n" for dest, hop in routes.items()))
-    policies: dict[str, list[str]] = {}
-    for dest, hop in routes.items():
-        policies.setdefault(hop, []).extend(matches.get(dest, f"{dest}:.{dest}").split(":"))
-    _write(
-        config / "tls_policy", "".join(f"{hop} secure match={':'.join(n)}\n" for hop, n in policies.items())
-    )
-    main_cf = _main_cf(
-        directory=directory,
-        config=config,
-        hostname=hostname,
-        domain=domain,
-        require_client_cert=require_client_cert,
-        relay_routes=routes,
-        uid=uid,
-        gid=gid,
-        message_size_limit=message_size_limit,
-        extra=main_cf_overrides or {},
-    )
-    _write(config / "main.cf", main_cf)
-
-    attempts = 1 if smtp_port is not None else _START_ATTEMPTS
-    failure = ""
-    for _ in range(attempts):
-        port = smtp_port if smtp_port is not None else _free_port()
-        _write(config / "master.cf", _master_cf(port))
-        peer = PostfixPeer(
+        _write(config / "virtual_mailboxes", "".join(f"{m}@{domain} {domain}/{m}/\n" for m in mailboxes))
+        _write(
+            config / "relay_access",
+            "".join(f"{dest} permit_tls_all_clientcerts, reject\n" for dest in routes),
+        )
+        _write(config / "transport", "".join(f"{dest} smtp:{hop}\n" for dest, hop in routes.items()))
+        policies: dict[str, list[str]] = {}
+        for dest, hop in routes.items():
+            policies.setdefault(hop, []).extend(matches.get(dest, f"{dest}:.{dest}").split(":"))
+        _write(
+            config / "tls_policy",
+            "".join(f"{hop} secure match={':'.join(n)}\n" for hop, n in policies.items()),
+        )
+        main_cf = _main_cf(
             directory=directory,
-            smtp_port=port,
-            maildir_root=maildir_root,
-            queue_directory=directory / "queue",
-            config_directory=config,
+            config=config,
             hostname=hostname,
             domain=domain,
-            log_file=directory / "maillog",
-            base=Path(base),
+            require_client_cert=require_client_cert,
+            relay_routes=routes,
+            uid=uid,
+            gid=gid,
+            message_size_limit=message_size_limit,
+            extra=main_cf_overrides or {},
         )
-        failure = _start(peer, start_timeout)
-        if not failure:
-            return peer
-        if "Address already in use" not in failure:
-            break
-    raise PostfixPeerError(f"Postfix peer for {domain} did not start: {failure}")
+        _write(config / "main.cf", main_cf)
+
+        attempts = 1 if smtp_port is not None else _START_ATTEMPTS
+        failure = ""
+        for _ in range(attempts):
+            port = smtp_port if smtp_port is not None else _free_port()
+            _write(config / "master.cf", _master_cf(port))
+            (directory / "queue" / "quick-start").touch()  # see _create_queue_directories
+            peer = PostfixPeer(
+                directory=directory,
+                smtp_port=port,
+                maildir_root=maildir_root,
+                queue_directory=directory / "queue",
+                config_directory=config,
+                hostname=hostname,
+                domain=domain,
+                log_file=directory / "maillog",
+                base=Path(base),
+            )
+            failure = _start(peer, start_timeout)
+            if not failure:
+                return peer
+            if "Address already in use" not in failure:
+                break
+        raise PostfixPeerError(f"Postfix peer for {domain} did not start: {failure}")
+    except BaseException:
+        for started in [p for p in _running.values() if p.directory == directory]:
+            started.stop()
+        _release_directory(directory, Path(base))
+        raise
 
 
 def _start(peer: PostfixPeer, timeout: float) -> str:

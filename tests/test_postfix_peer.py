@@ -288,7 +288,7 @@ class RecordingHandler:
         return "250 2.0.0 accepted by the test operator"
 
 
-async def start_operator(dev_pki: DevPki) -> tuple[asyncio.Server, int, Received]:
+async def start_operator(dev_pki: DevPki, port: int = 0) -> tuple[asyncio.Server, int, Received]:
     """An aiosmtpd listener like ours: STARTTLS required, client certificate required."""
     received = Received()
     context = server_tls_context(dev_pki.pki_settings(), client_cert="required")
@@ -303,7 +303,7 @@ async def start_operator(dev_pki: DevPki) -> tuple[asyncio.Server, int, Received
             decode_data=False,
         )
 
-    server = await loop.create_server(factory, "127.0.0.1", 0)
+    server = await loop.create_server(factory, "127.0.0.1", port, reuse_address=True)
     port = server.sockets[0].getsockname()[1]
     return server, port, received
 
@@ -391,6 +391,40 @@ async def test_does_not_relay_to_a_server_with_the_wrong_name(
     assert len(peer.queue_ids()) == 1
 
 
+async def test_queues_while_operator_is_down_then_flush_delivers(
+    postfix_peers: Callable[..., PostfixPeer], dev_pki: DevPki, peer_identity: tuple[Path, Path]
+) -> None:
+    with socket.socket() as probe:  # a port where nobody listens yet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cert, key = peer_identity
+    peer = postfix_peers(
+        hostname=PEER_HOST,
+        domain=PEER_DOMAIN,
+        server_cert=cert,
+        server_key=key,
+        ca_bundle=dev_pki.ca_bundle,
+        relay_routes={OUR_DOMAIN: f"[127.0.0.1]:{port}"},
+        main_cf_overrides={"queue_run_delay": "300s", "minimal_backoff_time": "300s"},
+    )
+    raw = message(f"secretariat@{PEER_DOMAIN}", f"medecin@{OUR_DOMAIN}", BODY)
+    await inject(peer, dev_pki, f"medecin@{OUR_DOMAIN}", raw)
+    await wait_for_log(peer, "status=deferred (connect to 127.0.0.1[127.0.0.1]")
+    [queue_id] = peer.queue_ids()
+    assert peer.queue()[0]["recipients"][0]["address"] == f"medecin@{OUR_DOMAIN}"
+
+    server, _, received = await start_operator(dev_pki, port)
+    try:
+        await asyncio.to_thread(peer.flush)  # only the flush can deliver it now: backoff is 300 s
+        await asyncio.wait_for(received.arrived.wait(), 15)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert received.envelopes[0][2].replace(b"\r\n", b"\n").endswith(BODY.replace(b"\r\n", b"\n"))
+    await wait_for_log(peer, f"{queue_id}: removed")
+    assert peer.queue_ids() == []
+
+
 # -- the helper itself -------------------------------------------------------------------------------------
 
 
@@ -408,6 +442,23 @@ def test_bad_arguments_are_named(tmp_path: Path, dev_pki: DevPki) -> None:
         start_postfix_peer(tmp_path / "b", **common, mailboxes=["a/b"])
     with pytest.raises(PostfixPeerError, match=r"ca_bundle: .* is not a file"):
         start_postfix_peer(tmp_path / "c", **{**common, "ca_bundle": tmp_path / "missing.pem"})
+
+
+def test_busy_port_is_a_clear_error(tmp_path: Path, dev_pki: DevPki) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(PostfixPeerError, match=r"bind 127\.0\.0\.1 port \d+: Address already in use"):
+            start_postfix_peer(
+                tmp_path / "peer",
+                hostname=PEER_HOST,
+                domain=PEER_DOMAIN,
+                server_cert=dev_pki.server_cert,
+                server_key=dev_pki.server_key,
+                ca_bundle=dev_pki.ca_bundle,
+                smtp_port=busy.getsockname()[1],
+            )
+    assert "Address already in use" in (tmp_path / "peer" / "postfix-maillog.log").read_text()
 
 
 def test_stop_releases_port_and_processes(

@@ -176,7 +176,8 @@ class PostfixPeer:
         return self.maildir_root / domain / local
 
     def messages(self, address_or_localpart: str) -> list[bytes]:
-        """The messages delivered so far to the mailbox's Maildir `new/`, oldest first."""
+        """The messages delivered so far to the mailbox's Maildir `new/`, oldest first, as stored:
+        LF line endings, Postfix's Return-Path, Delivered-To and Received headers first."""
         new = self.mailbox(address_or_localpart) / "new"
         if not new.is_dir():
             return []

@@ -7,6 +7,7 @@ requiring a client certificate (`server_tls_context(..., client_cert="required")
 from __future__ import annotations
 
 import asyncio
+import importlib
 import socket
 import ssl
 from collections.abc import Callable
@@ -478,3 +479,19 @@ def test_stop_releases_port_and_processes(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))  # nobody listens there any more
         sock.listen()
+
+
+async def test_postfix_baseline_benchmark_runs(
+    tmp_path: Path, project_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bench/postfix_baseline.py (imported by bench/smtp_inbound.py) still works end to end."""
+    monkeypatch.syspath_prepend(str(project_root / "bench"))
+    bench = importlib.import_module("postfix_baseline")
+    result = await bench.postfix_inbound_rate(
+        connections=2, messages_per_connection=3, size=2048, work_dir=tmp_path, delivery_timeout=20
+    )
+    assert result["errors"] == []
+    assert (result["messages"], result["accepted"], result["delivered"]) == (6, 6, 6)
+    assert result["server"].startswith("postfix 3.")
+    assert result["accepted_per_s"] > 0
+    assert result["postfix_cpu_ms_per_message"] > 0

@@ -392,6 +392,31 @@ async def test_does_not_relay_to_a_server_with_the_wrong_name(
     assert len(peer.queue_ids()) == 1
 
 
+async def test_relay_tls_match_names_the_expected_server(
+    postfix_peers: Callable[..., PostfixPeer], dev_pki: DevPki, peer_identity: tuple[Path, Path]
+) -> None:
+    """A route whose server certificate names another host than the domain, allowed explicitly."""
+    server, port, received = await start_operator(dev_pki)
+    try:
+        cert, key = peer_identity
+        peer = postfix_peers(
+            hostname=PEER_HOST,
+            domain=PEER_DOMAIN,
+            server_cert=cert,
+            server_key=key,
+            ca_bundle=dev_pki.ca_bundle,
+            relay_routes={"autre-operateur.mssante.test": f"[127.0.0.1]:{port}"},
+            relay_tls_match={"autre-operateur.mssante.test": SERVER_HOST},
+        )
+        raw = message(f"secretariat@{PEER_DOMAIN}", "x@autre-operateur.mssante.test", BODY)
+        await inject(peer, dev_pki, "x@autre-operateur.mssante.test", raw)
+        await asyncio.wait_for(received.arrived.wait(), 15)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert received.envelopes[0][1] == ["x@autre-operateur.mssante.test"]
+
+
 async def test_queues_while_operator_is_down_then_flush_delivers(
     postfix_peers: Callable[..., PostfixPeer], dev_pki: DevPki, peer_identity: tuple[Path, Path]
 ) -> None:

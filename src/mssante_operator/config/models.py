@@ -7,6 +7,7 @@ directory the server runs from (the project root for the demo).
 
 from __future__ import annotations
 
+from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -111,6 +112,49 @@ class ImapSettings(Section):
     host: str = "127.0.0.1"
     starttls_port: Port = 143
     implicit_tls_port: Port = 993
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90s', '5m', '4h', '5d' or a bare number of seconds."""
+    value = text.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        seconds = float(value[:-1]) * units[value[-1]] if value and value[-1] in units else float(value)
+    except ValueError:
+        raise ValueError(f"not a duration (use e.g. 90s, 5m, 4h, 5d): {text!r}") from None
+    if seconds <= 0:
+        raise ValueError(f"duration must be positive: {text!r}")
+    return timedelta(seconds=seconds)
+
+
+class RelaySettings(Section):
+    """Outbound relay to other operators: fixed routes, retry schedule, concurrency."""
+
+    enabled: bool = True
+    transport: dict[str, str] = Field(
+        default_factory=dict,
+        description="fixed routes, domain (or .parent) -> host:port; others are routed by DNS MX",
+    )
+    retry_intervals: list[str] = Field(default_factory=lambda: ["5m", "15m", "30m", "1h"])
+    retry_repeat: str = "1h"
+    give_up_after: str = "5d"
+    delay_notice_after: str = "4h"
+    concurrency: int = Field(default=20, ge=1, le=1000)
+    poll_interval_seconds: float = Field(default=5.0, gt=0)
+    command_timeout_seconds: float = Field(default=60.0, gt=0)
+
+    @field_validator("retry_repeat", "give_up_after", "delay_notice_after")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @field_validator("retry_intervals")
+    @classmethod
+    def _durations(cls, value: list[str]) -> list[str]:
+        for item in value:
+            parse_duration(item)
+        return value
 
 
 class OpsSettings(Section):

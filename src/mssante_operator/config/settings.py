@@ -19,6 +19,7 @@ from mssante_operator.config.models import (
     OpsSettings,
     PkiSettings,
     PolicySettings,
+    RelaySettings,
     SmtpInboundSettings,
     SmtpSubmissionSettings,
     StoreSettings,
@@ -49,6 +50,7 @@ class Settings(BaseSettings):
     smtp_inbound: SmtpInboundSettings = SmtpInboundSettings()
     smtp_submission: SmtpSubmissionSettings = SmtpSubmissionSettings()
     imap: ImapSettings = ImapSettings()
+    relay: RelaySettings = RelaySettings()
     ops: OpsSettings = OpsSettings()
     logging: LoggingSettings = LoggingSettings()
     audit: AuditSettings = AuditSettings()

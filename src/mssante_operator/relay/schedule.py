@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from mssante_operator.config.models import RelaySettings, parse_duration
+
+__all__ = ["RetrySchedule", "parse_duration", "schedule_from_settings"]
+
 
 @dataclass(frozen=True)
 class RetrySchedule:
@@ -52,18 +56,10 @@ class RetrySchedule:
         return not already_sent and now - queued_at >= self.delay_notice_after
 
 
-def parse_duration(text: str) -> timedelta:
-    """'90s', '5m', '4h', '5d' or a bare number of seconds."""
-    value = text.strip().lower()
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    try:
-        if value and value[-1] in units:
-            amount = float(value[:-1])
-            seconds = amount * units[value[-1]]
-        else:
-            seconds = float(value)
-    except ValueError:
-        raise ValueError(f"not a duration (use e.g. 90s, 5m, 4h, 5d): {text!r}") from None
-    if seconds <= 0:
-        raise ValueError(f"duration must be positive: {text!r}")
-    return timedelta(seconds=seconds)
+def schedule_from_settings(relay: RelaySettings) -> RetrySchedule:
+    return RetrySchedule(
+        intervals=tuple(parse_duration(v) for v in relay.retry_intervals),
+        repeat=parse_duration(relay.retry_repeat),
+        give_up_after=parse_duration(relay.give_up_after),
+        delay_notice_after=parse_duration(relay.delay_notice_after),
+    )

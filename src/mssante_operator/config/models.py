@@ -219,6 +219,9 @@ class DemoSettings(Section):
 
     domain: str | None = None
     mailboxes: list[DemoMailbox] = Field(default_factory=list)
+    peer_operators: list[DemoPeer] = Field(
+        default_factory=list, description="other operators' (domain, certificate DN) in the sample trust list"
+    )
 
 
 class DemoMailbox(Section):
@@ -227,6 +230,11 @@ class DemoMailbox(Section):
     owner: str | None = None
     structure_id: str | None = None
     password: SecretStr | None = None
+
+
+class DemoPeer(Section):
+    domain: str
+    dn: str
 
 
 DemoSettings.model_rebuild()

@@ -11,9 +11,13 @@ from datetime import UTC, datetime
 from cryptography import x509
 
 from mssante_operator.audit import AuditEvent, AuditLog
+from mssante_operator.config import Settings
 from mssante_operator.ops.logging import get_logger
-from mssante_operator.pki import CertificateValidator, RefusalReason, Usage
+from mssante_operator.ops.service import ServiceBase
+from mssante_operator.pki import CertificateValidator, PkiLoadError, RefusalReason, Usage
 from mssante_operator.relay.dsn import DsnAction, DsnRecipient, DsnReport, build_dsn, should_notify
+from mssante_operator.relay.queue import QueuedRecipient, QueueItem, RecipientResult
+from mssante_operator.relay.worker import TrustVerdict
 from mssante_operator.smtp.ports import (
     InboundMessage,
     MailboxState,
@@ -24,6 +28,8 @@ from mssante_operator.smtp.ports import (
     Verdict,
 )
 from mssante_operator.store.mailstore import MailStore, OutboundDelivery
+from mssante_operator.store.models import RecipientStatus
+from mssante_operator.trust.store import TrustStore
 
 log = get_logger(__name__)
 
@@ -176,3 +182,96 @@ class AuditAdapter:
 
     async def record_durable(self, event: SmtpAuditEvent) -> None:
         await self._audit.record_durable(smtp_audit_event(event))
+
+
+class ValidatorHolder(ServiceBase):
+    """Keeps the process's `CertificateValidator` current: rebuilt on SIGHUP so new CRLs and CA
+    files apply to the next connection without a restart."""
+
+    name = "pki"
+
+    def __init__(self, validator: CertificateValidator) -> None:
+        self.current = validator
+
+    def __call__(self) -> CertificateValidator:
+        return self.current
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self, grace: float) -> None:
+        return None
+
+    async def reload(self, settings: Settings) -> None:
+        try:
+            self.current = CertificateValidator.from_settings(settings.pki)
+        except PkiLoadError as exc:
+            log.error("CA or CRL files unreadable on reload; keeping the previous ones", error=str(exc))
+        else:
+            log.info("certificate validator reloaded")
+
+
+class InboundTrust:
+    """`smtp.ports.TrustPolicy` over the active trust list."""
+
+    def __init__(self, store: TrustStore) -> None:
+        self._store = store
+
+    async def inbound_decision(self, peer_subject_dn: str, mail_from_domain: str | None) -> Verdict:
+        decision = await self._store.inbound_decision(peer_subject_dn, mail_from_domain)
+        return Verdict(decision.allowed, decision.reason, decision.temporary)
+
+
+class OutboundTrust:
+    """`relay.worker.OutboundTrust`: the recipient domain must be in the trust list, and the peer's
+    server certificate must be valid (chain, CRL, usage) and bound to that domain."""
+
+    def __init__(self, store: TrustStore, validator: Callable[[], CertificateValidator]) -> None:
+        self._store = store
+        self._validator = validator
+
+    async def domain_allowed(self, domain: str) -> TrustVerdict:
+        decision = await self._store.outbound_domain_decision(domain)
+        return TrustVerdict(decision.allowed, decision.reason)
+
+    async def check_peer(self, domain: str, peer_der: bytes | None) -> TrustVerdict:
+        if not peer_der:
+            return TrustVerdict(False, "the peer presented no certificate")
+        try:
+            cert = x509.load_der_x509_certificate(peer_der)
+        except ValueError as exc:
+            return TrustVerdict(False, f"unreadable peer certificate: {exc}")
+        result = self._validator().validate(cert, usage=Usage.TLS_SERVER)
+        if not result.ok or result.identity is None:
+            return TrustVerdict(False, result.detail)
+        subject = result.identity.subject_dn
+        decision = await self._store.outbound_peer_decision(domain, subject)
+        return TrustVerdict(decision.allowed, decision.reason, subject)
+
+
+class AuditRelayObserver:
+    """Every recipient outcome of a relay attempt goes to the audit trail."""
+
+    def __init__(self, audit: AuditLog) -> None:
+        self._audit = audit
+
+    def recipient_outcome(
+        self, item: QueueItem, recipient: QueuedRecipient, result: RecipientResult, peer: str | None
+    ) -> None:
+        event, outcome = {
+            RecipientStatus.DELIVERED: ("message.relayed", "success"),
+            RecipientStatus.DEFERRED: ("message.deferred", "failure"),
+            RecipientStatus.FAILED: ("message.bounced", "refused"),
+        }.get(result.status, ("message.deferred", "failure"))
+        self._audit.record(
+            AuditEvent(
+                event=event,
+                outcome=outcome,
+                actor=item.mail_from or "<>",
+                mailbox=recipient.address,
+                message_ref=item.queue_id,
+                cert_subject=peer,
+                reason=result.reply,
+                details={"domain": item.recipient_domain, "attempt": item.attempts + 1},
+            )
+        )

@@ -11,12 +11,15 @@ import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from mssante_operator.accounts import hash_password, validate_new_mailbox
 from mssante_operator.config import Settings
 from mssante_operator.pki.devpki import DevPki
 from mssante_operator.store import create_engine, schema_state, session_factory, upgrade
 from mssante_operator.store.crypto import MasterKey
 from mssante_operator.store.mailstore import MailStore
+from mssante_operator.trust.sample import certificate_subject, install_sample_list
 
 
 @dataclass
@@ -76,10 +79,26 @@ async def _prepare_store(settings: Settings, master_key: MasterKey, report: Init
             f"store schema at {state.current}"
             + ("" if before == state.current else f" (was {before or 'empty'})")
         )
-        store = MailStore(session_factory(engine), master_key)
+        sessions = session_factory(engine)
+        store = MailStore(sessions, master_key)
         await _demo_accounts(settings, store, report)
+        await _demo_trust_list(settings, sessions, report)
     finally:
         await engine.dispose()
+
+
+async def _demo_trust_list(
+    settings: Settings, sessions: async_sessionmaker[AsyncSession], report: InitReport
+) -> None:
+    """The demo's trust list: its own domain bound to its server certificate, and the peers."""
+    demo = settings.demo
+    if demo.domain is None:
+        return
+    own = certificate_subject(settings.pki.server_cert)
+    entries = [(demo.domain, own), *((p.domain, p.dn) for p in demo.peer_operators)]
+    result = await install_sample_list(sessions, entries)
+    if result.changed:
+        report.note(f"sample trust list installed ({len(entries)} entries)")
 
 
 async def _demo_accounts(settings: Settings, store: MailStore, report: InitReport) -> None:

@@ -14,16 +14,31 @@ This is the only place that knows every package. To plug in a capability, add a 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client import disable_created_metrics
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mssante_operator.audit import AuditLog
 from mssante_operator.config import Settings
+from mssante_operator.ops.adapters import (
+    AuditAdapter,
+    AuditRelayObserver,
+    DsnSender,
+    InboundTrust,
+    OutboundTrust,
+    PkiPeerVerifier,
+    StoreRecipients,
+    StoreSink,
+    ValidatorHolder,
+)
 from mssante_operator.ops.app import Application, Components, StartupError
 from mssante_operator.ops.health import (
+    HealthCheck,
     HealthRegistry,
+    HealthStatus,
     certificates_check,
     migrations_check,
     store_check,
@@ -31,10 +46,17 @@ from mssante_operator.ops.health import (
 from mssante_operator.ops.http import OpsHttpService
 from mssante_operator.ops.logging import get_logger
 from mssante_operator.ops.metrics import Metrics
-from mssante_operator.pki import CertificateValidator, PkiLoadError
+from mssante_operator.pki import CertificateValidator, PkiLoadError, client_tls_context, server_tls_context
+from mssante_operator.pki.tls import ClientCertMode
+from mssante_operator.relay.schedule import schedule_from_settings
+from mssante_operator.relay.worker import RelayWorker
+from mssante_operator.smtp.inbound import InboundPorts
+from mssante_operator.smtp.service import InboundSmtpService
 from mssante_operator.store import create_engine, session_factory
 from mssante_operator.store.crypto import KeyFileError, MasterKey
 from mssante_operator.store.mailstore import MailStore
+from mssante_operator.trust.refresher import TrustRefresher
+from mssante_operator.trust.store import TrustStore, trust_health
 
 log = get_logger(__name__)
 
@@ -73,8 +95,9 @@ def build_application(settings: Settings, config_path: Path | None = None) -> Ap
     components.audit = AuditLog.from_settings(components.sessions, settings.audit)
     # First service added, last stopped: it flushes what the front ends recorded while stopping.
     app.add_service(components.audit)
+    holder: ValidatorHolder | None = None
     try:
-        components.validator = CertificateValidator.from_settings(settings.pki)
+        holder = ValidatorHolder(CertificateValidator.from_settings(settings.pki))
     except PkiLoadError as exc:
         pki_message = str(exc)
 
@@ -82,15 +105,40 @@ def build_application(settings: Settings, config_path: Path | None = None) -> Ap
             raise StartupError(pki_message)
 
         app.add_startup_check(pki_unusable)
+    else:
+        components.validator = holder.current
+        app.add_service(holder)
 
-    # --- workers and listeners (MERGE) --------------------------------------------------------
-    # if settings.smtp_inbound.enabled:
-    #     app.add_service(InboundSmtpService(settings, components))
-    # if settings.smtp_submission.enabled:
-    #     app.add_service(SubmissionSmtpService(settings, components))
-    # if settings.imap.enabled:
-    #     app.add_service(ImapService(settings, components))
-    wired: set[str] = set()  # MERGE: add "smtp_inbound", "smtp_submission", "imap" as they are wired above
+    trust_store = TrustStore(components.sessions)
+    components.trust = trust_store
+    app.add_service(TrustRefresher(components.sessions, settings, trust_store=trust_store))
+
+    async def trust_list() -> HealthCheck:
+        ok, detail = await trust_health(components.sessions, app.settings.trust.health_max_age_hours)
+        return HealthCheck("trust_list", HealthStatus.OK if ok else HealthStatus.FAILING, detail)
+
+    app.health.add(trust_list, name="trust_list")
+
+    # --- workers and listeners ------------------------------------------------------------------
+    wired: set[str] = set()
+    mailstore = components.mailstore
+    if mailstore is not None and holder is not None and components.audit is not None:
+        audit = components.audit
+        dsn = DsnSender(mailstore)
+        if settings.relay.enabled:
+            relay = _relay_worker(settings, components.sessions, mailstore, trust_store, holder, dsn, audit)
+            dsn.on_queued = relay.wake
+            app.add_service(relay)
+        if settings.smtp_inbound.enabled:
+            ports = InboundPorts(
+                peer_verifier=PkiPeerVerifier(holder),
+                trust=InboundTrust(trust_store),
+                directory=StoreRecipients(mailstore),
+                sink=StoreSink(mailstore, dsn, settings.instance.hostname),
+                audit=AuditAdapter(audit),
+            )
+            app.add_service(InboundSmtpService(settings, ports, _inbound_tls_context))
+            wired.add("smtp_inbound")
     for section in ("smtp_inbound", "smtp_submission", "imap"):
         if getattr(settings, section).enabled and section not in wired:
             log.warning("listener enabled in the configuration but not in this version", section=section)
@@ -109,6 +157,47 @@ def build_application(settings: Settings, config_path: Path | None = None) -> Ap
             )
         )
     return app
+
+
+def _inbound_tls_context(settings: Settings) -> ssl.SSLContext:
+    mode: ClientCertMode = (
+        "optional" if settings.smtp_inbound.tls_client_certificate == "request" else "required"
+    )
+    return server_tls_context(settings.pki, client_cert=mode)
+
+
+def _relay_worker(
+    settings: Settings,
+    sessions: async_sessionmaker[AsyncSession],
+    mailstore: MailStore,
+    trust_store: TrustStore,
+    validator: ValidatorHolder,
+    dsn: DsnSender,
+    audit: AuditLog,
+) -> RelayWorker:
+    pki = settings.pki
+
+    def client_context() -> ssl.SSLContext:
+        context = client_tls_context(pki)
+        # The peer's identity is its DN as bound to the recipient domain by the trust list
+        # (checked by OutboundTrust); host names of transport-map routes are often IP addresses.
+        context.check_hostname = False
+        return context
+
+    return RelayWorker(
+        sessions=sessions,
+        read_body=mailstore.read_queue_body,
+        trust=OutboundTrust(trust_store, validator),
+        send_dsn=dsn.send,
+        tls_context=client_context,
+        hostname=settings.instance.hostname,
+        transport_map=settings.relay.transport,
+        schedule=schedule_from_settings(settings.relay),
+        observer=AuditRelayObserver(audit),
+        concurrency=settings.relay.concurrency,
+        poll_interval=settings.relay.poll_interval_seconds,
+        command_timeout=settings.relay.command_timeout_seconds,
+    )
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -22,6 +22,7 @@ import aiosmtplib
 import dns.asyncresolver
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from mssante_operator.config import Settings
 from mssante_operator.ops.logging import get_logger
 from mssante_operator.relay.dsn import DsnAction, DsnRecipient, DsnReport, build_dsn
 from mssante_operator.relay.outcome import Settlement, settle, status_for_reply
@@ -33,7 +34,7 @@ from mssante_operator.relay.queue import (
     record_attempt,
 )
 from mssante_operator.relay.routing import RouteHop, RoutingError, resolve_route
-from mssante_operator.relay.schedule import RetrySchedule
+from mssante_operator.relay.schedule import RetrySchedule, schedule_from_settings
 from mssante_operator.store.models import RecipientStatus
 
 log = get_logger("mssante_operator.relay")
@@ -146,6 +147,12 @@ class RelayWorker:
                 task.cancel()
             # A cancelled delivery keeps its lease and is retried by whoever holds the queue next.
             await asyncio.gather(*pending, return_exceptions=True)
+
+    async def reload(self, settings: Settings) -> None:
+        """Routes and the retry schedule apply from the next attempt."""
+        self.transport_map = dict(settings.relay.transport)
+        self.schedule = schedule_from_settings(settings.relay)
+        log.info("relay reloaded", routes=len(self.transport_map))
 
     def wake(self) -> None:
         """New work was queued in this process: look now instead of at the next poll."""

@@ -1,0 +1,1 @@
+"""Client authentication shared by submission and IMAP: SASL, bearer tokens, rate limits, identities."""

@@ -77,7 +77,9 @@ class _Entry:
 class MemoryRateLimiter:
     """The in-process `RateLimiter`."""
 
-    def __init__(self, settings: RateLimitSettings | None = None, *, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, settings: RateLimitSettings | None = None, *, clock: Callable[[], float] = time.monotonic
+    ):
         self.settings = settings if settings is not None else RateLimitSettings()
         self._clock = clock
         self._entries: OrderedDict[RateKey, _Entry] = OrderedDict()

@@ -125,7 +125,9 @@ class Failed:
     reason: str
 
 
-SaslEvent = Challenge | ExternalCredentials | PasswordCredentials | BearerCredentials | Abort | Malformed | Failed
+SaslEvent = (
+    Challenge | ExternalCredentials | PasswordCredentials | BearerCredentials | Abort | Malformed | Failed
+)
 
 
 class _Bad(Exception):

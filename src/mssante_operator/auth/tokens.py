@@ -191,7 +191,10 @@ class BearerTokenValidator:
     async def _ensure_keys(self) -> None:
         now = self._clock()
         if self._fetched_at is None:
-            if self._attempted_at is None or now - self._attempted_at >= self.settings.jwks_min_refetch_seconds:
+            if (
+                self._attempted_at is None
+                or now - self._attempted_at >= self.settings.jwks_min_refetch_seconds
+            ):
                 await self.refresh_keys(force=False)
             if self._fetched_at is None:
                 raise TokenError(
@@ -201,7 +204,9 @@ class BearerTokenValidator:
             await self.refresh_keys(force=False)
 
     def _may_refetch(self, now: float) -> bool:
-        return self._attempted_at is None or now - self._attempted_at >= self.settings.jwks_min_refetch_seconds
+        return (
+            self._attempted_at is None or now - self._attempted_at >= self.settings.jwks_min_refetch_seconds
+        )
 
     def _find(self, kid: str | None, alg: str) -> jwt.PyJWK | None:
         candidates = [k for k in self._keys if k.kid == kid] if kid is not None else list(self._keys)
@@ -237,7 +242,8 @@ class BearerTokenValidator:
         allowed = list(self.settings.allowed_algorithms)
         if not isinstance(alg, str) or alg not in allowed:
             raise TokenError(
-                TokenRefusal.ALGORITHM, f"algorithm {str(alg)[:20]!r} is not allowed (accepted: {', '.join(allowed)})"
+                TokenRefusal.ALGORITHM,
+                f"algorithm {str(alg)[:20]!r} is not allowed (accepted: {', '.join(allowed)})",
             )
         kid_value = header.get("kid")
         if kid_value is not None and not isinstance(kid_value, str):
@@ -250,7 +256,9 @@ class BearerTokenValidator:
             key = self._find(kid, alg)
         if key is None:
             which = f"kid {kid[:80]!r}" if kid is not None else "no kid (and not exactly one candidate key)"
-            raise TokenError(TokenRefusal.UNKNOWN_KEY, f"{which} for {alg} is not among {self.settings.issuer}'s keys")
+            raise TokenError(
+                TokenRefusal.UNKNOWN_KEY, f"{which} for {alg} is not among {self.settings.issuer}'s keys"
+            )
         claims = self._decode(token, key, alg)
         national_id = self._national_id(claims)
         exp = claims["exp"]

@@ -135,14 +135,19 @@ class OidcSettings(Section):
 
     issuer: str = Field(min_length=9, description="issuer URL, exactly as in the tokens' `iss` claim")
     jwks_uri: str | None = Field(
-        default=None, description="JWKS URL; default: discovered from <issuer>/.well-known/openid-configuration"
+        default=None,
+        description="JWKS URL; default: discovered from <issuer>/.well-known/openid-configuration",
     )
     audience: list[str] = Field(min_length=1, description="accepted `aud` values (this server's client ids)")
     national_id_claim: str = Field(default="preferred_username", min_length=1)
     national_id_prefix: str = Field(
-        default="", max_length=1, description="prepended when the claim holds a bare RPPS (\"8\") or ADELI (\"0\")"
+        default="",
+        max_length=1,
+        description='prepended when the claim holds a bare RPPS ("8") or ADELI ("0")',
     )
-    allowed_algorithms: list[JwtAlgorithm] = Field(default_factory=lambda: ["RS256", "ES256", "PS256"], min_length=1)
+    allowed_algorithms: list[JwtAlgorithm] = Field(
+        default_factory=lambda: ["RS256", "ES256", "PS256"], min_length=1
+    )
     clock_skew_seconds: float = Field(default=60.0, ge=0, le=600)
     jwks_refresh_seconds: float = Field(default=3600.0, ge=60)
     jwks_min_refetch_seconds: float = Field(default=60.0, ge=0)

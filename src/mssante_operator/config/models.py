@@ -130,6 +130,10 @@ class PolicySettings(Section):
 JwtAlgorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"]
 
 
+def _default_algorithms() -> list[JwtAlgorithm]:
+    return ["RS256", "ES256", "PS256"]
+
+
 class OidcSettings(Section):
     """The OpenID Connect issuer whose bearer tokens (OAUTHBEARER / XOAUTH2) are accepted."""
 
@@ -145,9 +149,7 @@ class OidcSettings(Section):
         max_length=1,
         description='prepended when the claim holds a bare RPPS ("8") or ADELI ("0")',
     )
-    allowed_algorithms: list[JwtAlgorithm] = Field(
-        default_factory=lambda: ["RS256", "ES256", "PS256"], min_length=1
-    )
+    allowed_algorithms: list[JwtAlgorithm] = Field(default_factory=_default_algorithms, min_length=1)
     clock_skew_seconds: float = Field(default=60.0, ge=0, le=600)
     jwks_refresh_seconds: float = Field(default=3600.0, ge=60)
     jwks_min_refetch_seconds: float = Field(default=60.0, ge=0)

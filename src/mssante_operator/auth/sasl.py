@@ -254,7 +254,9 @@ def _parse_oauthbearer(data: bytes) -> BearerCredentials:
     if not sep:
         raise _Bad("OAUTHBEARER response has no ^A after its GS2 header")
     flags = header.split(",")
-    if len(flags) != 3 or flags[2] != "":
+    if len(flags) == 3 and flags[2] != "":
+        raise _Bad("OAUTHBEARER response has no ^A after its GS2 header 'n,[a=authzid],'")
+    if len(flags) != 3:
         raise _Bad("OAUTHBEARER GS2 header is not 'n,[a=authzid],'")
     cb_flag, authz_part, _ = flags
     if cb_flag.startswith("p="):

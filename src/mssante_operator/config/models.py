@@ -176,7 +176,7 @@ class RateLimitPolicy(Section):
     `max_failures` within `window_seconds` lock the key out for `lockout_seconds`."""
 
     max_failures: int = Field(default=10, ge=1)
-    free_failures: int = Field(default=0, ge=0)
+    free_failures: int = Field(default=2, ge=0)
     window_seconds: float = Field(default=900.0, gt=0)
     base_delay: float = Field(default=1.0, ge=0)
     max_delay: float = Field(default=30.0, ge=0)

@@ -32,6 +32,7 @@ from mssante_operator.auth import (
     advertised_mechanisms,
     may_send_as,
 )
+from mssante_operator.config import load_settings
 from mssante_operator.config.models import (
     AuthPolicySettings,
     AuthSettings,
@@ -449,3 +450,28 @@ def test_advertised_mechanisms() -> None:
     assert advertised_mechanisms(True, True, none, AuthSettings()) == ["EXTERNAL"]
     assert advertised_mechanisms(True, True, none, oidc) == ["EXTERNAL", "OAUTHBEARER", "XOAUTH2"]
     assert advertised_mechanisms(True, False, PER_ONLY, oidc) == ["OAUTHBEARER", "XOAUTH2", "PLAIN", "LOGIN"]
+
+
+async def test_unknown_users_cost_a_hash(world: World) -> None:
+    """An unknown user is checked against a dummy argon2 hash, so it takes as long as a known one."""
+    import mssante_operator.auth.authenticator as module
+
+    module._dummy_hash = None
+    result = await _authenticator(world).authenticate(_plain(f"nobody@{DOMAIN}", PASSWORD), client=ctx())
+    _refused(result, "unknown mailbox")
+    assert module._dummy_hash is not None and module._dummy_hash.startswith("$argon2id$")
+
+
+async def test_from_settings(world: World, project_root: Path) -> None:
+    dev = load_settings(project_root / "config" / "dev.toml")
+    auth = Authenticator.from_settings(dev, world.store)
+    assert auth.tokens is None and auth.openid_configuration_url is None
+    assert auth.policy.auth.password_allowed_types == list(MailboxType)
+    assert (await auth.authenticate(_plain(CARDIO, PASSWORD), client=ctx())).ok
+    prod = load_settings(project_root / "config" / "production.example.toml")
+    with_oidc = Authenticator.from_settings(prod, world.store)
+    assert with_oidc.openid_configuration_url == (
+        "https://auth.esante.gouv.fr/auth/realms/esante-wallet/.well-known/openid-configuration"
+    )
+    result = await with_oidc.authenticate(_plain(JEAN, PASSWORD), client=ctx())
+    _refused(result, "password_allowed_types does not include PER")

@@ -48,6 +48,7 @@ from mssante_operator.auth.sasl import (
 )
 from mssante_operator.auth.tokens import BearerTokenValidator, TokenError, TokenIdentity
 from mssante_operator.config.models import AuthSettings, MailboxType, PolicySettings
+from mssante_operator.config.settings import Settings
 from mssante_operator.ops.logging import get_logger
 from mssante_operator.pki.identity import CertificateIdentity, IdentityKind
 from mssante_operator.store.models import Mailbox, MailboxStatus
@@ -217,6 +218,16 @@ class Authenticator:
         )
         # argon2 takes 64 MiB and tens of ms per check: bound how many run at once.
         self._hash_slots = asyncio.Semaphore(max_concurrent_hashes or max(2, os.cpu_count() or 2))
+
+    @classmethod
+    def from_settings(cls, settings: Settings, directory: MailboxDirectory) -> Authenticator:
+        """The process's Authenticator: `[auth]` and `[policy.auth]` of the configuration."""
+        return cls(directory, policy=settings.policy, settings=settings.auth)
+
+    @property
+    def openid_configuration_url(self) -> str | None:
+        """For `SaslExchange.reject(openid_configuration=...)` after a refused bearer token."""
+        return self.tokens.openid_configuration_url if self.tokens is not None else None
 
     # -- entry point -------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from mssante_operator.accounts import hash_password, verify_password
 from mssante_operator.auth import (
     PUBLIC_FAILURE,
     PUBLIC_RATE_LIMITED,
+    PUBLIC_TEMPORARY,
     Authenticator,
     AuthMethod,
     AuthResult,
@@ -32,6 +33,7 @@ from mssante_operator.auth import (
     advertised_mechanisms,
     may_send_as,
 )
+from mssante_operator.auth.ratelimit import ip_key
 from mssante_operator.config import load_settings
 from mssante_operator.config.models import (
     AuthPolicySettings,
@@ -475,3 +477,19 @@ async def test_from_settings(world: World, project_root: Path) -> None:
     )
     result = await with_oidc.authenticate(_plain(JEAN, PASSWORD), client=ctx())
     _refused(result, "password_allowed_types does not include PER")
+
+
+async def test_unreachable_issuer_is_a_temporary_failure(world: World) -> None:
+    clock = Clock()
+    strict = RateLimitPolicy(max_failures=2, free_failures=0, base_delay=5, max_delay=5)
+    auth = _authenticator(
+        world, limiter=MemoryRateLimiter(RateLimitSettings(account=strict, ip=strict), clock=clock)
+    )
+    token = world.issuer.token()
+    await world.issuer.stop()
+    for _ in range(3):
+        result = await auth.authenticate(_oauthbearer(token), client=ctx())
+        assert not result.ok and result.temporary and not result.rate_limited
+        assert result.public_message == PUBLIC_TEMPORARY and "issuer_unavailable" in result.reason
+    # Not the client's fault: nothing was counted against it.
+    assert auth.limiter.retry_after([ip_key("192.0.2.10")]) == 0.0

@@ -8,6 +8,7 @@ the EHLO / CAPABILITY lists.
 from mssante_operator.auth.authenticator import (
     PUBLIC_FAILURE,
     PUBLIC_RATE_LIMITED,
+    PUBLIC_TEMPORARY,
     Authenticator,
     AuthIdentity,
     AuthMethod,
@@ -38,6 +39,7 @@ from mssante_operator.auth.tokens import BearerTokenValidator, TokenError, Token
 __all__ = [
     "PUBLIC_FAILURE",
     "PUBLIC_RATE_LIMITED",
+    "PUBLIC_TEMPORARY",
     "Abort",
     "AuthIdentity",
     "AuthMethod",

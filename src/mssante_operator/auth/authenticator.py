@@ -46,7 +46,7 @@ from mssante_operator.auth.sasl import (
     Mechanism,
     PasswordCredentials,
 )
-from mssante_operator.auth.tokens import BearerTokenValidator, TokenError, TokenIdentity
+from mssante_operator.auth.tokens import BearerTokenValidator, TokenError, TokenIdentity, TokenRefusal
 from mssante_operator.config.models import AuthSettings, MailboxType, PolicySettings
 from mssante_operator.config.settings import Settings
 from mssante_operator.ops.logging import get_logger
@@ -56,6 +56,7 @@ from mssante_operator.store.models import Mailbox, MailboxStatus
 __all__ = [
     "PUBLIC_FAILURE",
     "PUBLIC_RATE_LIMITED",
+    "PUBLIC_TEMPORARY",
     "AuthIdentity",
     "AuthMethod",
     "AuthResult",
@@ -72,6 +73,7 @@ log = get_logger(__name__)
 PUBLIC_FAILURE = "Authentication credentials invalid"
 PUBLIC_RATE_LIMITED = "Too many failed authentication attempts, try again later"
 PUBLIC_NEEDS_TLS = "Authentication requires TLS"
+PUBLIC_TEMPORARY = "Temporary authentication failure, try again later"
 
 Listener = Literal["submission", "imap"]
 
@@ -138,9 +140,10 @@ class AuthResult:
     """The verdict. `reason` is internal (logs, audit); send only `public_message` to the client.
 
     `retry_after`: seconds the client must wait before its next attempt counts (after a failure,
-    the wire layer may delay its reply by it). `rate_limited`: the attempt was not even checked
-    (SMTP 454 4.7.0, IMAP NO [UNAVAILABLE]) rather than refused (SMTP 535 5.7.8, IMAP NO
-    [AUTHENTICATIONFAILED]).
+    the wire layer may delay its reply by it). `temporary`: the credentials could not be checked
+    (`rate_limited`, or the token issuer unreachable): SMTP 454 4.7.0, IMAP NO [UNAVAILABLE],
+    rather than a refusal (SMTP 535 5.7.8, IMAP NO [AUTHENTICATIONFAILED]). Store errors are not
+    caught here: the wire layer answers them as temporary failures too.
     """
 
     ok: bool
@@ -150,6 +153,7 @@ class AuthResult:
     public_message: str
     retry_after: float = 0.0
     rate_limited: bool = False
+    temporary: bool = False
 
 
 @dataclass(frozen=True)
@@ -169,14 +173,16 @@ class _Outcome:
     mailboxes: tuple[str, ...] = ()
     account: str | None = None
     public_message: str = PUBLIC_FAILURE
+    temporary: bool = False
     rehash: tuple[str, str] | None = field(default=None, repr=False)
 
 
 class _Refused(Exception):
-    def __init__(self, reason: str, account: str | None = None) -> None:
+    def __init__(self, reason: str, account: str | None = None, *, temporary: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.account = account
+        self.temporary = temporary
 
 
 _dummy_hash: str | None = None
@@ -240,12 +246,25 @@ class Authenticator:
             reason = f"rate limited ({wait:.1f}s to wait) before checking {credentials.mechanism.value}"
             self._log(False, credentials, client, reason, principal=claimed)
             return AuthResult(
-                False, None, (), reason, PUBLIC_RATE_LIMITED, retry_after=wait, rate_limited=True
+                False,
+                None,
+                (),
+                reason,
+                PUBLIC_RATE_LIMITED,
+                retry_after=wait,
+                rate_limited=True,
+                temporary=True,
             )
         try:
             outcome = await self._check(credentials, client)
         except _Refused as refusal:
-            outcome = _Outcome(False, refusal.reason, account=refusal.account or claimed)
+            outcome = _Outcome(
+                False,
+                refusal.reason,
+                account=refusal.account or claimed,
+                public_message=PUBLIC_TEMPORARY if refusal.temporary else PUBLIC_FAILURE,
+                temporary=refusal.temporary,
+            )
         if outcome.ok and outcome.identity is not None:
             self.limiter.record_success([account_key(outcome.account)] if outcome.account else [])
             if outcome.rehash is not None:
@@ -254,6 +273,10 @@ class Authenticator:
             return AuthResult(
                 True, outcome.identity, outcome.mailboxes, outcome.reason, "Authentication successful"
             )
+        if outcome.temporary:
+            # Not the client's fault: not counted as a failure.
+            self._log(False, credentials, client, outcome.reason, principal=outcome.account)
+            return AuthResult(False, None, (), outcome.reason, outcome.public_message, temporary=True)
         failed_keys = [ip] + ([account_key(outcome.account)] if outcome.account else [])
         wait = self.limiter.record_failure(failed_keys)
         self._log(False, credentials, client, outcome.reason, principal=outcome.account)
@@ -356,7 +379,10 @@ class Authenticator:
         try:
             token: TokenIdentity = await self.tokens.validate(credentials.token)
         except TokenError as exc:
-            raise _Refused(f"bearer token refused: {exc.reason.value}: {exc.detail}") from None
+            raise _Refused(
+                f"bearer token refused: {exc.reason.value}: {exc.detail}",
+                temporary=exc.reason is TokenRefusal.ISSUER_UNAVAILABLE,
+            ) from None
         account = f"person:{token.national_id}"
         candidates = await self._person_mailboxes(token.national_id)
         mailboxes, selected = _select(

@@ -493,3 +493,18 @@ async def test_unreachable_issuer_is_a_temporary_failure(world: World) -> None:
         assert result.public_message == PUBLIC_TEMPORARY and "issuer_unavailable" in result.reason
     # Not the client's fault: nothing was counted against it.
     assert auth.limiter.retry_after([ip_key("192.0.2.10")]) == 0.0
+
+
+async def test_find_mailboxes(world: World) -> None:
+    store = world.store
+    assert [m.address for m in await store.find_mailboxes(owner_national_id=PERSON_ID)] == [
+        JEAN_CAB,
+        JEAN_OLD,  # "." sorts before "@"
+        JEAN,
+    ]
+    org = await store.find_mailboxes(structure_id=STRUCTURE_ID, types=[MailboxType.ORG, MailboxType.APP])
+    assert [m.address for m in org] == [CARDIO, DPI]
+    both = await store.find_mailboxes(owner_national_id=PERSON_ID, structure_id=STRUCTURE_ID)
+    assert [m.address for m in both] == [JEAN]
+    with pytest.raises(ValueError, match="owner national id or a structure id"):
+        await store.find_mailboxes()

@@ -214,6 +214,78 @@ class TrustSettings(Section):
         return value
 
 
+JwtAlgorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"]
+
+
+def _default_algorithms() -> list[JwtAlgorithm]:
+    return ["RS256", "ES256", "PS256"]
+
+
+class OidcSettings(Section):
+    """The OpenID Connect issuer whose bearer tokens (OAUTHBEARER / XOAUTH2) are accepted."""
+
+    issuer: str = Field(min_length=9, description="issuer URL, exactly as in the tokens' `iss` claim")
+    jwks_uri: str | None = Field(
+        default=None,
+        description="JWKS URL; default: discovered from <issuer>/.well-known/openid-configuration",
+    )
+    audience: list[str] = Field(min_length=1, description="accepted `aud` values (this server's client ids)")
+    national_id_claim: str = Field(default="preferred_username", min_length=1)
+    national_id_prefix: str = Field(
+        default="",
+        max_length=1,
+        description='prepended when the claim holds a bare RPPS ("8") or ADELI ("0")',
+    )
+    allowed_algorithms: list[JwtAlgorithm] = Field(default_factory=_default_algorithms, min_length=1)
+    clock_skew_seconds: float = Field(default=60.0, ge=0, le=600)
+    jwks_refresh_seconds: float = Field(default=3600.0, ge=60)
+    jwks_min_refetch_seconds: float = Field(default=60.0, ge=0)
+    http_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    ca_file: Path | None = Field(default=None, description="CA bundle trusted for the issuer's HTTPS")
+
+    @field_validator("issuer", "jwks_uri")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("https://"):
+            raise ValueError("must be an https:// URL (keys fetched over plain HTTP could be forged)")
+        return value
+
+    @field_validator("national_id_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if value not in ("", "0", "8"):
+            raise ValueError('must be "" (claim holds the national id), "8" (bare RPPS) or "0" (bare ADELI)')
+        return value
+
+
+class RateLimitPolicy(Section):
+    """Growing delays after failures: none for `free_failures`, then base_delay doubling up to max_delay;
+    `max_failures` within `window_seconds` lock the key out for `lockout_seconds`."""
+
+    max_failures: int = Field(default=10, ge=1)
+    free_failures: int = Field(default=2, ge=0)
+    window_seconds: float = Field(default=900.0, gt=0)
+    base_delay: float = Field(default=1.0, ge=0)
+    max_delay: float = Field(default=30.0, ge=0)
+    lockout_seconds: float = Field(default=900.0, ge=0)
+
+
+class RateLimitSettings(Section):
+    account: RateLimitPolicy = RateLimitPolicy()
+    # Hospitals put many users behind one NAT address: the per-address policy is looser.
+    ip: RateLimitPolicy = RateLimitPolicy(max_failures=50, free_failures=10, base_delay=0.5)
+    max_tracked_keys: int = Field(default=100_000, ge=10)
+
+
+class AuthSettings(Section):
+    oidc: OidcSettings | None = None
+    ratelimit: RateLimitSettings = RateLimitSettings()
+    delegate_structure_org_mailboxes: bool = Field(
+        default=False,
+        description="a practitioner may also act as the ORG mailboxes of the structures of his PER mailboxes",
+    )
+
+
 class DemoSettings(Section):
     """What `mssante-operator init` creates for a demo instance."""
 

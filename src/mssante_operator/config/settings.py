@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from mssante_operator.config.models import (
     AuditSettings,
+    AuthSettings,
     DemoSettings,
     ImapSettings,
     InstanceSettings,
@@ -55,6 +56,7 @@ class Settings(BaseSettings):
     logging: LoggingSettings = LoggingSettings()
     audit: AuditSettings = AuditSettings()
     policy: PolicySettings = PolicySettings()
+    auth: AuthSettings = AuthSettings()
     demo: DemoSettings = DemoSettings()
     trust: TrustSettings = TrustSettings()
 

@@ -459,6 +459,26 @@ class MailStore:
                     raise DomainNotFound(f"domain {ascii_name} is not hosted here")
             return list(await session.scalars(query))
 
+    async def find_mailboxes(
+        self,
+        *,
+        owner_national_id: str | None = None,
+        structure_id: str | None = None,
+        types: Sequence[MailboxType] | None = None,
+    ) -> list[Mailbox]:
+        """Mailboxes of a person and/or a structure (indexed look-ups), optionally of some types only."""
+        if owner_national_id is None and structure_id is None:
+            raise ValueError("find_mailboxes needs an owner national id or a structure id")
+        query = select(Mailbox).order_by(Mailbox.address)
+        if owner_national_id is not None:
+            query = query.where(Mailbox.owner_national_id == owner_national_id)
+        if structure_id is not None:
+            query = query.where(Mailbox.structure_id == structure_id)
+        if types is not None:
+            query = query.where(Mailbox.type.in_([MailboxType(t) for t in types]))
+        async with self._read() as session:
+            return list(await session.scalars(query))
+
     async def set_mailbox_status(self, address: str, status: MailboxStatus) -> Mailbox:
         addr = normalize_address(address)
         new_status = MailboxStatus(status)

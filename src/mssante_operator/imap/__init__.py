@@ -1,0 +1,1 @@
+"""IMAP front end (placeholder docstring, completed below)."""

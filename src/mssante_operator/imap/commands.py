@@ -221,7 +221,17 @@ class Namespace(Command):
 
 
 STATUS_ITEMS = frozenset(
-    {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "HIGHESTMODSEQ", "DELETED", "APPENDLIMIT"}
+    {
+        "MESSAGES",
+        "RECENT",
+        "UIDNEXT",
+        "UIDVALIDITY",
+        "UNSEEN",
+        "SIZE",
+        "HIGHESTMODSEQ",
+        "DELETED",
+        "APPENDLIMIT",
+    }
 )
 
 
@@ -464,7 +474,9 @@ class FetchAtt:
     def reads_body(self) -> bool:
         """Needs message content beyond the cached metadata (audited as a body read)."""
         return self.name in {"RFC822", "RFC822.TEXT", "BINARY", "BINARY.SIZE"} or (
-            self.name == "BODY" and self.section is not None and self.section.text not in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "MIME")
+            self.name == "BODY"
+            and self.section is not None
+            and self.section.text not in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "MIME")
         )
 
     def request_text(self) -> str:

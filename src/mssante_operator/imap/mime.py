@@ -10,14 +10,14 @@ disposition type) are upper-cased; parameter names and values are kept as writte
 from __future__ import annotations
 
 import base64
-import dataclasses
 import binascii
+import dataclasses
 import quopri
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mssante_operator.imap.commands import Section
-from mssante_operator.imap.response import NIL, Concat, Value
+from mssante_operator.imap.response import Concat, Value
 
 __all__ = [
     "Part",
@@ -121,7 +121,9 @@ def _parse_headers(raw: bytes, start: int, end: int) -> tuple[list[Header], int]
     return headers, end
 
 
-def _parse(raw: bytes, start: int, end: int, default: tuple[str, str], *, is_message: bool, depth: int) -> Part:
+def _parse(
+    raw: bytes, start: int, end: int, default: tuple[str, str], *, is_message: bool, depth: int
+) -> Part:
     headers, body_start = _parse_headers(raw, start, end)
     part = Part(raw, start, body_start, end, headers, default[0], default[1], is_message=is_message)
     ctype = part.header("Content-Type")
@@ -522,10 +524,7 @@ def body_structure(part: Part, *, extended: bool = True) -> Value:
 def _find(root: Part, path: Sequence[int]) -> Part | None:
     node = root
     for n in path:
-        if node.is_message or node.message is None:
-            container = node
-        else:
-            container = node.message
+        container = node if node.is_message or node.message is None else node.message
         if container.children:
             if n > len(container.children):
                 return None
@@ -602,4 +601,6 @@ def binary_section(root: Part, path: Sequence[int]) -> bytes | None:
             raise UnknownTransferEncoding("invalid base64 content") from None
     if encoding == b"quoted-printable":
         return quopri.decodestring(body)
-    raise UnknownTransferEncoding(f"unknown Content-Transfer-Encoding {encoding[:40].decode('ascii', 'replace')}")
+    raise UnknownTransferEncoding(
+        f"unknown Content-Transfer-Encoding {encoding[:40].decode('ascii', 'replace')}"
+    )

@@ -91,7 +91,9 @@ def decode(data: bytes | str) -> str:
         except UnicodeDecodeError:
             raise MUTF7Error(f"encoded sequence at offset {i} is not valid UTF-16") from None
         if any(0x20 <= ord(ch) <= 0x7E for ch in text):
-            raise MUTF7Error(f"encoded sequence at offset {i} encodes printable ASCII, which must be sent as is")
+            raise MUTF7Error(
+                f"encoded sequence at offset {i} encodes printable ASCII, which must be sent as is"
+            )
         out.append(text)
         i = end + 1
         prev_was_encoded = True

@@ -170,7 +170,7 @@ class CommandParser:
             self._mode = _Mode.LINE
 
     def resume(self, *, discard: bool) -> int:
-        """Continue after STARTTLS. With `discard`, bytes received in the clear are dropped (returns how many)."""
+        """Continue after STARTTLS; `discard` drops the bytes received in the clear (returns how many)."""
         dropped = 0
         if discard:
             dropped = len(self._buf) - self._pos
@@ -400,7 +400,9 @@ def _show(b: int) -> str:
 class _Reader:
     """Recursive-descent parser over one framed command (lines with their literals)."""
 
-    def __init__(self, lines: list[bytes], literals: list[bytes | LiteralSink], parser: CommandParser) -> None:
+    def __init__(
+        self, lines: list[bytes], literals: list[bytes | LiteralSink], parser: CommandParser
+    ) -> None:
         self.lines = lines
         self.literals = literals
         self.li = 0
@@ -509,7 +511,9 @@ class _Reader:
             if rest.startswith(b"{-") or rest.startswith(b"~{-"):
                 raise self.fail("literal size cannot be negative")
             if _MARKER.search(rest) is None and rest.rfind(b"}") >= 0 and b"{" in rest:
-                raise self.fail("malformed literal (expected {size}, {size+} or ~{size} at the end of a line)")
+                raise self.fail(
+                    "malformed literal (expected {size}, {size+} or ~{size} at the end of a line)"
+                )
             raise self.fail("a literal must end its line")
         if m.group(1) and not allow8:
             raise self.fail("literal8 (~{n}) is only allowed for APPEND message data")
@@ -610,9 +614,12 @@ class _Reader:
 
     def date_time(self) -> dt.datetime:
         raw = self.quoted()
-        m = re.fullmatch(rb"([ 0-9][0-9])-([A-Za-z]{3})-([0-9]{4}) ([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-])([0-9]{4})", raw)
+        m = re.fullmatch(
+            rb"([ 0-9][0-9])-([A-Za-z]{3})-([0-9]{4}) ([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-])([0-9]{4})", raw
+        )
         if m is None:
-            raise self.fail(f"invalid date-time {raw[:40].decode('ascii', 'replace')!r} (expected \"dd-Mon-yyyy hh:mm:ss +zzzz\")")
+            shown = raw[:40].decode("ascii", "replace")
+            raise self.fail(f'invalid date-time {shown!r} (expected "dd-Mon-yyyy hh:mm:ss +zzzz")')
         month = _MONTHS.get(m.group(2).decode().upper())
         if month is None:
             raise self.fail(f"invalid month {m.group(2).decode('ascii', 'replace')!r} in date-time")
@@ -809,7 +816,9 @@ def _create(r: _Reader, tag: str, uid: bool) -> c.Command:
     return c.Create(tag, mailbox, use)
 
 
-def _one_mailbox(cls: type[c.Delete] | type[c.Subscribe] | type[c.Unsubscribe]) -> Callable[[_Reader, str, bool], c.Command]:
+def _one_mailbox(
+    cls: type[c.Delete] | type[c.Subscribe] | type[c.Unsubscribe],
+) -> Callable[[_Reader, str, bool], c.Command]:
     def handler(r: _Reader, tag: str, uid: bool) -> c.Command:
         r.sp("the mailbox name")
         return cls(tag, r.mailbox())
@@ -1216,7 +1225,9 @@ def _section(r: _Reader) -> c.Section:
         return c.Section(part)
     text = r.take(_SECTION_TEXT_CHARS).decode("ascii").upper()
     if text not in _SECTION_TEXTS:
-        raise r.fail(f"unknown section specifier {text[:40]!r}" if text else f"unexpected {_show(r.peek())} in section")
+        raise r.fail(
+            f"unknown section specifier {text[:40]!r}" if text else f"unexpected {_show(r.peek())} in section"
+        )
     if text == "MIME" and not part:
         raise r.fail("MIME needs a part number (e.g. 1.MIME)")
     fields: tuple[str, ...] = ()

@@ -72,7 +72,7 @@ class Concat:
 NIL = Atom("NIL")
 
 Value: TypeAlias = (
-    "Atom | Literal | Stream | Concat | int | str | bytes | None | tuple[Value, ...] | list[Value]"
+    "Atom | Literal | Stream | Concat | int | str | bytes | tuple[Value, ...] | list[Value] | None"
 )
 
 
@@ -199,7 +199,9 @@ def imap_date_time(when: dt.datetime) -> str:
     minutes = int(offset.total_seconds()) // 60
     sign = "-" if minutes < 0 else "+"
     minutes = abs(minutes)
-    month = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")[when.month - 1]
+    month = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")[
+        when.month - 1
+    ]
     return (
         f"{when.day:02d}-{month}-{when.year:04d} {when.hour:02d}:{when.minute:02d}:{when.second:02d} "
         f"{sign}{minutes // 60:02d}{minutes % 60:02d}"
@@ -224,7 +226,14 @@ def _code(code: str | None) -> bytes:
     return b"[" + code.replace("\r", " ").replace("\n", " ").replace("]", " ").encode("utf-8") + b"] "
 
 
-def tagged(tag: str, status: TypingLiteral["OK", "NO", "BAD"], text: str, code: str | None = None, *, utf8: bool = False) -> bytes:
+def tagged(
+    tag: str,
+    status: TypingLiteral["OK", "NO", "BAD"],
+    text: str,
+    code: str | None = None,
+    *,
+    utf8: bool = False,
+) -> bytes:
     """`tag OK [code] text`."""
     return tag.encode("ascii") + b" " + status.encode() + b" " + _code(code) + _text(text, utf8) + CRLF
 
@@ -447,11 +456,19 @@ def id_response(params: Iterable[tuple[str, str | None]] | None) -> bytes:
     return b"* ID " + render(tuple(flat)) + CRLF
 
 
-def namespace(personal: Sequence[tuple[str, str | None]] | None, other: Sequence[tuple[str, str | None]] | None = None, shared: Sequence[tuple[str, str | None]] | None = None) -> bytes:
+def namespace(
+    personal: Sequence[tuple[str, str | None]] | None,
+    other: Sequence[tuple[str, str | None]] | None = None,
+    shared: Sequence[tuple[str, str | None]] | None = None,
+) -> bytes:
     def one(ns: Sequence[tuple[str, str | None]] | None) -> bytes:
         if not ns:
             return b"NIL"
-        return b"(" + b"".join(b"(" + string(p) + b" " + (b"NIL" if d is None else string(d)) + b")" for p, d in ns) + b")"
+        return (
+            b"("
+            + b"".join(b"(" + string(p) + b" " + (b"NIL" if d is None else string(d)) + b")" for p, d in ns)
+            + b")"
+        )
 
     return b"* NAMESPACE " + one(personal) + b" " + one(other) + b" " + one(shared) + CRLF
 

@@ -75,7 +75,7 @@ class Part:
         lname = name.lower()
         for h in self.headers:
             if h.name.lower() == lname:
-                return _unfold(self.raw[h.value_start : h.end])
+                return unfold(self.raw[h.value_start : h.end])
         return None
 
     def param(self, name: str) -> bytes | None:
@@ -86,7 +86,7 @@ class Part:
         return None
 
 
-def _unfold(value: bytes) -> bytes:
+def unfold(value: bytes) -> bytes:
     return value.replace(b"\r\n", b"").replace(b"\n", b"").replace(b"\r", b"").strip(b" \t")
 
 

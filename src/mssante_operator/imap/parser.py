@@ -50,6 +50,7 @@ __all__ = ["CommandParser", "ParseError", "parse_commands"]
 
 _MARKER = re.compile(rb"(~?)\{([0-9]+)(\+?)\}\Z")
 
+_LITERAL_START = re.compile(rb"~?\{[0-9]+\+?\}")
 _CTL = frozenset(range(0x20)) | {0x7F}
 ATOM_CHARS = frozenset(range(0x21, 0x7F)) - frozenset(b'(){%*"\\]')
 ASTRING_CHARS = ATOM_CHARS | {ord("]")}
@@ -507,14 +508,12 @@ class _Reader:
     def literal(self, *, allow8: bool = False) -> bytes | LiteralSink:
         rest = self.line[self.pos :]
         m = _MARKER.match(rest)
-        if m is None or m.end() != len(rest):
+        if m is None:
             if rest.startswith(b"{-") or rest.startswith(b"~{-"):
                 raise self.fail("literal size cannot be negative")
-            if _MARKER.search(rest) is None and rest.rfind(b"}") >= 0 and b"{" in rest:
-                raise self.fail(
-                    "malformed literal (expected {size}, {size+} or ~{size} at the end of a line)"
-                )
-            raise self.fail("a literal must end its line")
+            if _LITERAL_START.match(rest):
+                raise self.fail("a literal must end its line")
+            raise self.fail("malformed literal (expected {size}, {size+} or ~{size} at the end of a line)")
         if m.group(1) and not allow8:
             raise self.fail("literal8 (~{n}) is only allowed for APPEND message data")
         value = self.literals[self.li]

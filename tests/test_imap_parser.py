@@ -1,4 +1,5 @@
 """The IMAP command parser: every command, every error path, framing, limits, properties."""
+# ruff: noqa: E501  (command tables read best one command per line)
 
 from __future__ import annotations
 

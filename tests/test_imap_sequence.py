@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -120,7 +122,7 @@ def test_compress_round_trip(numbers: list[int]) -> None:
     assert list(SequenceSet.parse(text).numbers_without_star()) == sorted(set(numbers))
     # Compact: no two adjacent ranges could be merged.
     parsed = SequenceSet.parse(text).ranges
-    for (_, hi), (lo, _) in zip(parsed, parsed[1:], strict=False):
+    for (_, hi), (lo, _) in itertools.pairwise(parsed):
         assert lo is not None and hi is not None and lo > hi + 1
 
 

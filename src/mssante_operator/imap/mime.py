@@ -143,12 +143,13 @@ def _parse(
             return part
         child_default = ("MESSAGE", "RFC822") if part.subtype == "DIGEST" else ("TEXT", "PLAIN")
         spans = _split_multipart(raw, body_start, end, boundary)
-        if not spans:
-            spans = [(body_start, end)]
-            child_default = ("TEXT", "PLAIN")
-        part.children = [
-            _parse(raw, s, e, child_default, is_message=False, depth=depth + 1) for s, e in spans
-        ]
+        if spans:
+            part.children = [
+                _parse(raw, s, e, child_default, is_message=False, depth=depth + 1) for s, e in spans
+            ]
+        else:
+            # No delimiter at all: the body is one headerless text part.
+            part.children = [Part(raw, body_start, body_start, end, [], params=[(b"CHARSET", b"US-ASCII")])]
     elif part.type == "MESSAGE" and part.subtype in ("RFC822", "GLOBAL"):
         part.message = _parse(raw, body_start, end, ("TEXT", "PLAIN"), is_message=True, depth=depth + 1)
     return part

@@ -1,4 +1,5 @@
 """ENVELOPE / BODYSTRUCTURE against hand-checked strings; byte-exact section extraction."""
+# ruff: noqa: E501  (expected IMAP structures read best on one line)
 
 from __future__ import annotations
 

@@ -56,7 +56,10 @@ def test_status_lines_and_codes() -> None:
     assert r.tagged("a1", "OK", "LOGIN completed") == b"a1 OK LOGIN completed\r\n"
     assert r.tagged("a1", "NO", "no such mailbox", Code.TRYCREATE) == b"a1 NO [TRYCREATE] no such mailbox\r\n"
     assert r.untagged("BYE", "logging out") == b"* BYE logging out\r\n"
-    assert r.untagged("PREAUTH", "welcome", Code.capability(["IMAP4rev1"])) == b"* PREAUTH [CAPABILITY IMAP4rev1] welcome\r\n"
+    assert (
+        r.untagged("PREAUTH", "welcome", Code.capability(["IMAP4rev1"]))
+        == b"* PREAUTH [CAPABILITY IMAP4rev1] welcome\r\n"
+    )
     assert r.untagged("BAD", "empty command line") == b"* BAD empty command line\r\n"
     assert r.continuation() == b"+ Ready for literal data\r\n"
     assert r.continuation_data(b"") == b"+ \r\n"
@@ -79,7 +82,10 @@ def test_code_builders() -> None:
     assert Code.highestmodseq(99) == "HIGHESTMODSEQ 99"
     assert Code.permanentflags(["\\Seen", "\\*"]) == "PERMANENTFLAGS (\\Seen \\*)"
     assert Code.appenduid(38505, [3955]) == "APPENDUID 38505 3955"
-    assert Code.copyuid(38505, [304, 319, 320, 321], [3956, 3957, 3958, 3959]) == "COPYUID 38505 304,319:321 3956:3959"
+    assert (
+        Code.copyuid(38505, [304, 319, 320, 321], [3956, 3957, 3958, 3959])
+        == "COPYUID 38505 304,319:321 3956:3959"
+    )
     assert Code.copyuid(1, [5, 6, 2], [10, 11, 12]) == "COPYUID 1 5:6,2 10:12"
     with pytest.raises(ValueError, match="as many"):
         Code.copyuid(1, [1, 2], [3])
@@ -135,12 +141,22 @@ def test_internal_date_format() -> None:
     when = dt.datetime(1996, 7, 17, 2, 44, 25, tzinfo=dt.timezone(-dt.timedelta(hours=7)))
     assert r.imap_date_time(when) == "17-Jul-1996 02:44:25 -0700"
     assert r.imap_date_time(dt.datetime(2025, 1, 6, 9, 5, 0)) == "06-Jan-2025 09:05:00 +0000"
-    assert r.imap_date_time(dt.datetime(2025, 1, 6, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30)))).endswith("+0530")
+    assert r.imap_date_time(
+        dt.datetime(2025, 1, 6, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30)))
+    ).endswith("+0530")
 
 
 def test_fetch_serialisation() -> None:
-    items = [("UID", 7), ("FLAGS", (Atom("\\Seen"),)), ("MODSEQ", (12,)), ("BODY[HEADER]", b"Subject: x\r\n\r\n")]
-    assert r.fetch(3, items) == b"* 3 FETCH (UID 7 FLAGS (\\Seen) MODSEQ (12) BODY[HEADER] {14}\r\nSubject: x\r\n\r\n)\r\n"
+    items = [
+        ("UID", 7),
+        ("FLAGS", (Atom("\\Seen"),)),
+        ("MODSEQ", (12,)),
+        ("BODY[HEADER]", b"Subject: x\r\n\r\n"),
+    ]
+    assert (
+        r.fetch(3, items)
+        == b"* 3 FETCH (UID 7 FLAGS (\\Seen) MODSEQ (12) BODY[HEADER] {14}\r\nSubject: x\r\n\r\n)\r\n"
+    )
     assert r.fetch(1, [("BODY[1]<0>", None)]) == b"* 1 FETCH (BODY[1]<0> NIL)\r\n"
 
 
@@ -177,7 +193,10 @@ values = st.recursive(
 )  # fmt: skip
 
 
-@given(st.lists(st.tuples(st.sampled_from(["UID", "FLAGS", "BODY[]", "ENVELOPE"]), values), max_size=5), st.booleans())
+@given(
+    st.lists(st.tuples(st.sampled_from(["UID", "FLAGS", "BODY[]", "ENVELOPE"]), values), max_size=5),
+    st.booleans(),
+)
 def test_chunks_join_to_the_whole(items: list[tuple[str, r.Value]], utf8: bool) -> None:
     whole = r.fetch(1, items, utf8=utf8)
     assert b"".join(r.fetch_chunks(1, items, utf8=utf8)) == whole

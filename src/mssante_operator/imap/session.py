@@ -840,6 +840,8 @@ class Session:
                 failed = failed or error
                 if row.flags_changed and "FLAGS" not in names:
                     items.append(("FLAGS", tuple(Atom(f) for f in row.flags)))
+                if row.flags_changed or "FLAGS" in names:
+                    sel.reported[row.uid] = row.modseq  # the client has these flags now
                 for chunk in r.fetch_chunks(seq, items, utf8=self.utf8):
                     yield chunk
         for line in await self._updates(allow_expunge=cmd.uid):

@@ -1,3 +1,4 @@
+# ruff: noqa: E501
 """An in-memory `MailboxBackend` used to exercise the IMAP session until the store backend exists.
 
 It is a complete implementation of the Protocol's contract (modseqs, tombstones, UID order, \\Seen on

@@ -1,4 +1,5 @@
 """The IMAP session state machine, driven with bytes through an in-memory backend."""
+# ruff: noqa: E501  (protocol transcripts read best on one line)
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import re
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from imap_memory_backend import MemoryBackend, MemoryStore
 
+from imap_memory_backend import MemoryBackend, MemoryStore
 from mssante_operator.imap.backend import ConnectionInfo
 from mssante_operator.imap.session import Action, CloseConnection, Session, SessionConfig, State, UpgradeTLS
 
@@ -307,7 +308,7 @@ async def test_list_variants(store: MemoryStore) -> None:
     await c('b CREATE "Projets/Réseau"')
     await c("b2 CREATE Projets")
     out = await c('c LIST "" *')
-    assert '* LIST (\\HasNoChildren) "/" "INBOX"\r\n' == out.splitlines(keepends=True)[0]
+    assert out.splitlines(keepends=True)[0] == '* LIST (\\HasNoChildren) "/" "INBOX"\r\n'
     assert '* LIST (\\HasNoChildren \\Sent) "/" "Sent"\r\n' in out
     assert '* LIST (\\HasChildren) "/" "Projets"\r\n' in out
     assert '* LIST (\\HasNoChildren) "/" "Projets/R&AOk-seau"\r\n' in out

@@ -134,3 +134,34 @@ def test_compress_ordered_keeps_order(numbers: list[int]) -> None:
         lo, _, hi = item.partition(":")
         expanded.extend(range(int(lo), int(hi or lo) + 1))
     assert expanded == numbers
+
+
+def test_missing_ranges() -> None:
+    from mssante_operator.imap.sequence import missing_ranges
+
+    present = [3, 4, 8, 20]
+    assert missing_ranges(SequenceSet.parse("1:10"), present, below=100) == [(1, 2), (5, 7), (9, 10)]
+    assert missing_ranges(SequenceSet.parse("1:4000000000"), present, below=22) == [
+        (1, 2),
+        (5, 7),
+        (9, 19),
+        (21, 21),
+    ]
+    assert missing_ranges(SequenceSet.parse("3:4,8"), present, below=100) == []
+    assert missing_ranges(SequenceSet.parse("50:60"), present, below=40) == []
+
+
+@given(
+    st.lists(st.tuples(st.integers(1, 60), st.integers(1, 60)), min_size=1, max_size=5),
+    st.lists(st.integers(1, 70), unique=True).map(sorted),
+    st.integers(1, 80),
+)
+def test_missing_ranges_matches_a_naive_model(
+    ranges: list[tuple[int, int]], present: list[int], below: int
+) -> None:
+    from mssante_operator.imap.sequence import missing_ranges
+
+    known = SequenceSet(tuple(ranges))
+    got = {n for lo, hi in missing_ranges(known, present, below=below) for n in range(lo, hi + 1)}
+    named = set(known.numbers_without_star())
+    assert got == {n for n in named if n < below and n not in present}

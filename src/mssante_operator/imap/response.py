@@ -364,6 +364,14 @@ def vanished(uids: Iterable[int], *, earlier: bool = False) -> bytes:
     return b"* VANISHED " + (b"(EARLIER) " if earlier else b"") + text.encode("ascii") + CRLF
 
 
+def vanished_ranges(ranges: Sequence[tuple[int, int]], *, earlier: bool = False) -> bytes:
+    """VANISHED from ascending, disjoint ranges (large known-UID sets are never enumerated)."""
+    if not ranges:
+        return b""
+    text = ",".join(str(lo) if lo == hi else f"{lo}:{hi}" for lo, hi in ranges)
+    return b"* VANISHED " + (b"(EARLIER) " if earlier else b"") + text.encode("ascii") + CRLF
+
+
 def flags(items: Iterable[str]) -> bytes:
     return b"* FLAGS " + _atoms(items) + CRLF
 

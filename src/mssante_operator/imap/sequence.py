@@ -10,7 +10,7 @@ import bisect
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-__all__ = ["SequenceSet", "SequenceSetError", "compress", "compress_ordered"]
+__all__ = ["SequenceSet", "SequenceSetError", "compress", "compress_ordered", "missing_ranges"]
 
 # A UID or sequence number is a 32-bit non-zero unsigned integer.
 MAX_NUMBER = 0xFFFFFFFF
@@ -107,6 +107,26 @@ class SequenceSet:
             raise SequenceSetError("'*' is not allowed here")
         for lo, hi in _merge(self._normalised(0)):
             yield from range(lo, hi + 1)
+
+
+def missing_ranges(known: SequenceSet, present: Sequence[int], *, below: int) -> list[tuple[int, int]]:
+    """Ranges of the numbers `known` names (no `*`), under `below`, that are absent from the ascending
+    `present` list: QRESYNC's vanished UIDs, computed without enumerating the known set."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in _merge(known._normalised(0)):
+        hi = min(hi, below - 1)
+        if lo > hi:
+            continue
+        cur = lo
+        i = bisect.bisect_left(present, lo)
+        while i < len(present) and present[i] <= hi:
+            if present[i] > cur:
+                out.append((cur, present[i] - 1))
+            cur = present[i] + 1
+            i += 1
+        if cur <= hi:
+            out.append((cur, hi))
+    return out
 
 
 def _bound(text: str, whole: str) -> Bound:

@@ -35,7 +35,7 @@ from mssante_operator.imap.backend import (
 from mssante_operator.imap.commands import NEED_DATA, PAUSED, Event
 from mssante_operator.imap.parser import CommandParser
 from mssante_operator.imap.response import Atom, Code, Value
-from mssante_operator.imap.sequence import SequenceSet
+from mssante_operator.imap.sequence import SequenceSet, missing_ranges
 from mssante_operator.ops.logging import get_logger
 
 __all__ = ["Action", "CloseConnection", "Session", "SessionConfig", "State", "UpgradeTLS"]
@@ -500,31 +500,19 @@ class Session:
         self.state = State.SELECTED
         q = cmd.qresync
         if q is not None and q.uidvalidity == folder.uidvalidity:
-            for line in await self._qresync_catch_up(sel, q):
+            for line in await self._qresync_catch_up(sel, q, folder.uidnext):
                 yield line
         code = Code.READ_ONLY if sel.readonly else Code.READ_WRITE
         yield r.tagged(cmd.tag, "OK", f"{cmd.name} completed", code)
 
-    async def _qresync_catch_up(self, sel: _Selected, q: c.QResync) -> list[bytes]:
+    async def _qresync_catch_up(self, sel: _Selected, q: c.QResync, uidnext: int) -> list[bytes]:
         changes = await self.backend.changes_since(sel.folder_id, q.modseq)
-        gone = set(changes.expunged)
-        if q.known_uids is not None:
-            known = q.known_uids
-            star = max(known.max_number(0), 1)
-            gone = {u for u in gone if known.contains(u, star)}
-            # Without tombstones old enough, known UIDs that no longer exist are gone too.
-            if len(known.ranges) < 10_000:
-                for lo, hi in known.ranges:
-                    assert lo is not None and hi is not None
-                    lo, hi = min(lo, hi), max(lo, hi)
-                    i = bisect.bisect_left(sel.uids, lo)
-                    j = bisect.bisect_right(sel.uids, hi)
-                    if hi - lo + 1 - (j - i) > 0 and hi - lo < 1_000_000:
-                        present = set(sel.uids[i:j])
-                        gone.update(u for u in range(lo, hi + 1) if u not in present)
-        gone = {u for u in gone if sel.seq_of(u) is None}
         out: list[bytes] = []
-        line = r.vanished(gone, earlier=True)
+        if q.known_uids is not None:
+            # Known UIDs that are not here any more: exact even when tombstones have been purged.
+            line = r.vanished_ranges(missing_ranges(q.known_uids, sel.uids, below=uidnext), earlier=True)
+        else:
+            line = r.vanished([u for u in changes.expunged if sel.seq_of(u) is None], earlier=True)
         if line:
             out.append(line)
         for change in changes.changed:

@@ -57,6 +57,7 @@ class Part:
     children: list[Part] = field(default_factory=list)
     message: Part | None = None  # the encapsulated message of a message/rfc822 part
     is_message: bool = False  # a message (root or encapsulated): it has an RFC 5322 header
+    _index: dict[str, Header] | None = field(default=None, repr=False, compare=False)
 
     @property
     def header_bytes(self) -> bytes:
@@ -72,11 +73,14 @@ class Part:
 
     def header(self, name: str) -> bytes | None:
         """The unfolded, stripped value of the first field called `name`."""
-        lname = name.lower()
-        for h in self.headers:
-            if h.name.lower() == lname:
-                return unfold(self.raw[h.value_start : h.end])
-        return None
+        index = self._index
+        if index is None:
+            index = {}
+            for field_ in self.headers:
+                index.setdefault(field_.name.lower(), field_)
+            self._index = index
+        found = index.get(name.lower())
+        return None if found is None else unfold(self.raw[found.value_start : found.end])
 
     def param(self, name: str) -> bytes | None:
         lname = name.lower().encode()
@@ -458,8 +462,10 @@ def envelope(part: Part) -> Value:
 # -------------------------------------------------------------------------------------- BODYSTRUCTURE
 
 
-def _line_count(data: bytes) -> int:
-    return data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+def _line_count(raw: bytes, start: int, end: int) -> int:
+    if start >= end:
+        return 0
+    return raw.count(b"\n", start, end) + (0 if raw[end - 1] == 0x0A else 1)
 
 
 def _param_list(params: list[tuple[bytes, bytes]]) -> Value:
@@ -497,7 +503,7 @@ def body_structure(part: Part, *, extended: bool = True) -> Value:
             items.extend(_ext_common(part))
         return tuple(items)
     encoding = part.header("Content-Transfer-Encoding")
-    body = part.body
+    lines = _line_count(part.raw, part.body_start, part.end)
     fields: list[Value] = [
         part.type,
         part.subtype,
@@ -505,14 +511,14 @@ def body_structure(part: Part, *, extended: bool = True) -> Value:
         part.header("Content-ID"),
         part.header("Content-Description"),
         encoding.upper() if encoding else "7BIT",
-        len(body),
+        part.end - part.body_start,
     ]
     if part.message is not None:
         fields.append(envelope(part.message))
         fields.append(body_structure(part.message, extended=extended))
-        fields.append(_line_count(body))
+        fields.append(lines)
     elif part.type == "TEXT":
-        fields.append(_line_count(body))
+        fields.append(lines)
     if extended:
         fields.append(part.header("Content-MD5"))
         fields.extend(_ext_common(part))

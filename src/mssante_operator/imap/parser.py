@@ -67,6 +67,18 @@ _MAX_NUMBER = 0xFFFFFFFF
 _MAX_MODSEQ = 2**63 - 1
 
 
+_CLASS_RES: dict[frozenset[int], re.Pattern[bytes]] = {}
+
+
+def _class_re(chars: frozenset[int]) -> re.Pattern[bytes]:
+    """A compiled `[chars]+`: scanning tokens in C, not byte by byte in Python."""
+    pattern = _CLASS_RES.get(chars)
+    if pattern is None:
+        pattern = re.compile(b"[" + b"".join(re.escape(bytes((c,))) for c in sorted(chars)) + b"]+")
+        _CLASS_RES[chars] = pattern
+    return pattern
+
+
 class ParseError(Exception):
     def __init__(self, reason: str, code: str | None = None) -> None:
         super().__init__(reason)
@@ -442,14 +454,11 @@ class _Reader:
             raise self.fail(f"unexpected {rest!r} after the end of the command")
 
     def take(self, allowed: frozenset[int]) -> bytes:
-        start = self.pos
-        line = self.line
-        n = len(line)
-        i = start
-        while i < n and line[i] in allowed:
-            i += 1
-        self.pos = i
-        return line[start:i]
+        m = _class_re(allowed).match(self.line, self.pos)
+        if m is None:
+            return b""
+        self.pos = m.end()
+        return m.group()
 
     def atom(self, what: str) -> str:
         raw = self.take(ATOM_CHARS)

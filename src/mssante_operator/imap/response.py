@@ -488,7 +488,16 @@ FetchItems = Sequence[tuple[str, Value]]
 
 def fetch(seq: int, items: FetchItems, *, utf8: bool = False) -> bytes:
     """A whole `* n FETCH (...)` line (small responses)."""
-    return b"".join(fetch_chunks(seq, items, utf8=utf8))
+    out = bytearray(b"* %d FETCH (" % seq)
+    first = True
+    for name, value in items:
+        if not first:
+            out += b" "
+        first = False
+        out += name.encode("ascii") + b" "
+        render_into(out, value, utf8)
+    out += b")\r\n"
+    return bytes(out)
 
 
 def fetch_chunks(seq: int, items: FetchItems, *, utf8: bool = False) -> Iterator[bytes]:

@@ -1,0 +1,146 @@
+"""Throughput of the IMAP protocol core (pure Python, no sockets, no store).
+
+    .venv/bin/python bench/imap_parser.py [--seconds 2]
+
+Measures: commands parsed per second (a pipelined mix of real client commands, fed in 64 KiB
+chunks), FETCH serialisation (flag lines per second as for `UID FETCH 1:* (FLAGS)`, and MB/s of a
+streamed 10 MB body), and ENVELOPE + BODYSTRUCTURE computations per second (as for
+`FETCH 1:100 (ENVELOPE BODYSTRUCTURE)`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import time
+from collections.abc import Callable
+
+from mssante_operator.imap import mime
+from mssante_operator.imap.commands import NEED_DATA, Command
+from mssante_operator.imap.parser import CommandParser
+from mssante_operator.imap.response import Atom, Stream, fetch, fetch_chunks, imap_date_time, render
+
+MIX = [
+    b"a001 UID FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALDATE)\r\n",
+    b"a002 UID FETCH 4021 (BODY.PEEK[HEADER.FIELDS (From To Cc Subject Date Message-ID X-MSS-CODECDA)])\r\n",
+    b"a003 UID FETCH 4021:4100 (ENVELOPE BODYSTRUCTURE FLAGS) (CHANGEDSINCE 123456)\r\n",
+    b'a004 UID SEARCH RETURN (MIN MAX COUNT) CHARSET UTF-8 OR FROM dupont SUBJECT "compte rendu" SINCE 1-Jan-2025\r\n',
+    b"a005 UID STORE 4021:4030 +FLAGS.SILENT (\\Seen $Label1)\r\n",
+    b"a006 SELECT INBOX (CONDSTORE)\r\n",
+    b"a007 NOOP\r\n",
+    b'a008 LIST (SUBSCRIBED) "" * RETURN (CHILDREN SPECIAL-USE STATUS (MESSAGES UNSEEN))\r\n',
+    b"a009 LOGIN {32+}\r\njean.dupont@hopital-a.mssante.fr {12+}\r\nmot de passe\r\n",
+    b"a010 APPEND Sent (\\Seen) {10240+}\r\n" + b"x" * 10238 + b"\r\n\r\n",
+    b"a011 UID MOVE 4021:4025 Trash\r\n",
+    b"a012 STATUS Archive (MESSAGES UIDNEXT UIDVALIDITY UNSEEN HIGHESTMODSEQ SIZE)\r\n",
+]
+
+MESSAGE = (
+    b'From: "Dupont, Jean (Dr)" <jean.dupont@hopital-a.mssante.fr>\r\n'
+    b"To: =?UTF-8?Q?Marie_Cur=C3=A9?= <marie.cure@cabinet-b.mssante.fr>, secretariat@cabinet-b.mssante.fr\r\n"
+    b"Subject: =?UTF-8?B?Q29tcHRlIHJlbmR1IGQnaG9zcGl0YWxpc2F0aW9u?=\r\n"
+    b"Date: Mon, 6 Jan 2025 10:00:00 +0100\r\nMessage-ID: <20250106.1@hopital-a.mssante.fr>\r\n"
+    b"X-MSS-NIL: DPI 4.2\r\nX-MSS-CODECDA: 11490-0\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="P0"\r\n\r\n'
+    b"--P0\r\nContent-Type: multipart/alternative; boundary=alt\r\n\r\n--alt\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    + b"Bonjour,\r\n" * 40
+    + b"--alt\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+    + b"<p>Bonjour,</p>\r\n" * 40
+    + b"--alt--\r\n--P0\r\nContent-Type: application/pdf; name=CR.pdf\r\nContent-Disposition: attachment; filename=CR.pdf\r\n"
+    b"Content-Transfer-Encoding: base64\r\n\r\n"
+    + b"JVBERi0xLjQKJcOkw7zDtsOfCjIgMCBvYmoK\r\n"
+    * 2000
+    + b"--P0\r\nContent-Type: application/zip; name=IHE_XDM.ZIP\r\nContent-Disposition: attachment; filename=IHE_XDM.ZIP\r\n"
+    b"Content-Transfer-Encoding: base64\r\n\r\n" + b"UEsDBBQAAAAIAA==\r\n" * 1000 + b"--P0--\r\n"
+)
+
+
+def timed(seconds: float, step: Callable[[], int]) -> tuple[float, int]:
+    """Run `step` (which returns how many units it did) for about `seconds`; units per second."""
+    done = 0
+    start = time.perf_counter()
+    while True:
+        done += step()
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return done / elapsed, done
+
+
+def bench_parse(seconds: float) -> float:
+    stream = b"".join(MIX) * 200
+    per_round = len(MIX) * 200
+
+    def step() -> int:
+        parser = CommandParser(max_append=1 << 20)
+        count = 0
+        for i in range(0, len(stream), 65536):
+            parser.feed(stream[i : i + 65536])
+            while (event := parser.next_event()) is not NEED_DATA:
+                if isinstance(event, Command):
+                    count += 1
+        assert count == per_round, count
+        return count
+
+    return timed(seconds, step)[0]
+
+
+def bench_flag_lines(seconds: float) -> float:
+    flags = (Atom("\\Seen"), Atom("$Label1"))
+    date = imap_date_time(dt.datetime(2025, 1, 6, 10, tzinfo=dt.UTC))
+
+    def step() -> int:
+        total = 0
+        for seq in range(1, 10001):
+            total += len(
+                fetch(
+                    seq,
+                    [("UID", seq + 1000), ("FLAGS", flags), ("RFC822.SIZE", 123456), ("INTERNALDATE", date)],
+                )
+            )
+        return 10000
+
+    return timed(seconds, step)[0]
+
+
+def bench_stream(seconds: float) -> float:
+    chunk = b"x" * 65536
+    size = 160 * len(chunk)  # 10 MiB
+
+    def step() -> int:
+        written = 0
+        for part in fetch_chunks(1, [("UID", 7), ("BODY[]", Stream(size, (chunk for _ in range(160))))]):
+            written += len(part)
+        return written
+
+    return timed(seconds, step)[0] / 1e6
+
+
+def bench_structure(seconds: float) -> float:
+    def step() -> int:
+        for _ in range(20):
+            part = mime.parse_message(MESSAGE)
+            render(mime.envelope(part))
+            render(mime.body_structure(part))
+        return 20
+
+    return timed(seconds, step)[0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
+    args = ap.parse_args()
+    rows = [
+        ("commands parsed per second (pipelined mix)", f"{bench_parse(args.seconds):,.0f}"),
+        ("FETCH (UID FLAGS RFC822.SIZE INTERNALDATE) lines per second", f"{bench_flag_lines(args.seconds):,.0f}"),
+        ("streamed FETCH BODY[] serialisation, MB/s", f"{bench_stream(args.seconds):,.0f}"),
+        (f"ENVELOPE + BODYSTRUCTURE per second ({len(MESSAGE) // 1024} KiB message, 4 parts)",
+         f"{bench_structure(args.seconds):,.0f}"),
+    ]  # fmt: skip
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value:>12}")
+
+
+if __name__ == "__main__":
+    main()

@@ -241,7 +241,6 @@ async def test_commands_in_the_wrong_state(store: MemoryStore) -> None:
     assert (await c("f EXPUNGE")).startswith("f BAD EXPUNGE needs a selected mailbox")
     await c("g SELECT INBOX")
     assert (await c("h ENABLE CONDSTORE")) == "h BAD ENABLE is only allowed before a mailbox is selected\r\n"
-    assert (await c("i SORT (DATE) UTF-8 ALL")) == "i BAD SORT is not supported by this server\r\n"
 
 
 async def test_parse_errors_and_the_bad_command_limit(store: MemoryStore) -> None:
@@ -656,3 +655,20 @@ async def test_random_sessions_never_crash_nor_leak(store: MemoryStore, commands
         out += await c.send(b"t%d " % i + command + b"\r\n")
     assert "MARIE" not in out.replace("SEARCH TEXT MARIE", "")
     assert "SERVERBUG" not in out
+
+
+async def test_sort_and_thread(store: MemoryStore) -> None:
+    address = "jean.dupont@hopital-a.mssante.fr"
+    store.deliver(address, message("Re: message 2", sender="zoe@x.fr"))
+    store.deliver(address, message("message 0", sender="alice@x.fr"))
+    c = await selected(store)
+    assert (await c("a SORT (SUBJECT) UTF-8 ALL")) == "* SORT 7 1 2 6 3 4 5\r\na OK SORT completed\r\n"
+    assert (await c("b UID SORT (REVERSE FROM) UTF-8 UID 5:*")) == "* SORT 6 5 7\r\nb OK SORT completed\r\n"
+    assert (await c("c SORT (ARRIVAL) KOI8-R ALL")).startswith("c NO [BADCHARSET")
+    assert (
+        await c("d THREAD ORDEREDSUBJECT UTF-8 ALL")
+    ) == "* THREAD (1)(2 6)(3)(4)(5)(7)\r\nd OK THREAD completed\r\n"
+    assert (await c("e THREAD REFERENCES UTF-8 SUBJECT nothing")) == "* THREAD\r\ne OK THREAD completed\r\n"
+    assert {"SORT", "SORT=DISPLAY", "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT"} <= caps(
+        await c("f CAPABILITY")
+    )

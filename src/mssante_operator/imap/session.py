@@ -22,7 +22,7 @@ from enum import Enum
 from typing import Any
 
 from mssante_operator.imap import commands as c
-from mssante_operator.imap import mime
+from mssante_operator.imap import mime, sort
 from mssante_operator.imap import response as r
 from mssante_operator.imap.backend import (
     ConnectionInfo,
@@ -241,7 +241,8 @@ class Session:
         caps += [
             "IDLE", "UIDPLUS", "MOVE", "NAMESPACE", "UNSELECT", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS",
             "SPECIAL-USE", "CREATE-SPECIAL-USE", "CONDSTORE", "QRESYNC", "ESEARCH", "STATUS=SIZE", "QUOTA",
-            "QUOTA=RES-STORAGE", "BINARY", "UTF8=ACCEPT", f"APPENDLIMIT={self.config.append_limit}",
+            "QUOTA=RES-STORAGE", "BINARY", "UTF8=ACCEPT", "SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT",
+            "THREAD=REFERENCES", f"APPENDLIMIT={self.config.append_limit}",
         ]  # fmt: skip
         return caps
 
@@ -656,9 +657,29 @@ class Session:
         raise MailboxError("quotas are set by the operator", Code.NOPERM)
         yield b""  # pragma: no cover
 
-    async def _unsupported(self, cmd: c.Command) -> AsyncIterator[Output]:
-        raise _Bad(f"{cmd.name} is not supported by this server")
-        yield b""  # pragma: no cover
+    async def _sort_or_thread(self, cmd: c.Sort | c.Thread) -> AsyncIterator[Output]:
+        if cmd.charset not in ("UTF-8", "US-ASCII"):
+            raise MailboxError(f"charset {cmd.charset} is not supported", Code.badcharset())
+        sel = self._sel()
+        hits = await self.backend.search(sel.folder_id, self._uid_key(cmd.key))
+        found = [u for u in hits.uids if sel.seq_of(u) is not None]
+        messages: list[sort.SortMessage] = []
+        if found:
+            request = FetchRequest(content="header")
+            async for row in self.backend.fetch(sel.folder_id, found, request):
+                seq = sel.seq_of(row.uid)
+                if seq is not None:
+                    number = row.uid if cmd.uid else seq
+                    messages.append(
+                        sort.SortMessage(number, seq, row.internal_date, row.size, row.content or b"")
+                    )
+        if isinstance(cmd, c.Sort):
+            yield r.sort(sort.sort_messages(cmd.criteria, messages))
+        else:
+            yield sort.render_threads(sort.thread_messages(cmd.algorithm, messages))
+        for line in await self._updates(allow_expunge=cmd.uid):
+            yield line
+        yield r.tagged(cmd.tag, "OK", f"{cmd.name} completed")
 
     # ------------------------------------------------------------------------------ selected
 
@@ -1109,6 +1130,6 @@ _DISPATCH: dict[type, Callable[[Session, Any], AsyncIterator[Output]]] = {
     c.Store: Session._store,
     c.Copy: Session._copy,
     c.Move: Session._copy,
-    c.Sort: Session._unsupported,
-    c.Thread: Session._unsupported,
+    c.Sort: Session._sort_or_thread,
+    c.Thread: Session._sort_or_thread,
 }

@@ -263,7 +263,8 @@ ERRORS: list[tuple[bytes, str | None, str]] = [
     (b"a1 LOGIN joe  secret", "a1", "expected a password"),
     (b'a1 LOGIN "joe secret', "a1", "unterminated quoted string"),
     (b'a1 LOGIN "jo\\e" x', "a1", "invalid escape"),
-    (b"a1 LOGIN \xff\xfe x", "a1", "expected a user name"),
+    (b"a1 LOGIN \xff\xfe x", "a1", "user name is not valid UTF-8"),
+    (b"a1 SELECT \xff", "a1", "neither modified UTF-7 nor valid UTF-8"),
     (b'a1 LOGIN "\xff" x', "a1", "not valid UTF-8"),
     (b"a1 AUTHENTICATE", "a1", "before the SASL mechanism"),
     (b"a1 AUTHENTICATE PLAIN !!!", "a1", "initial response is not valid base64"),
@@ -882,3 +883,12 @@ def test_any_string_round_trips_through_login(user: bytes, password: bytes) -> N
 def test_store_round_trip(seq: SequenceSet, mode: str, flags: list[str], silent: bool, uid: bool) -> None:
     line = f"t {'UID ' if uid else ''}STORE {seq} {mode}FLAGS{'.SILENT' if silent else ''} ({' '.join(flags)})\r\n"
     assert one(line.encode()) == c.Store("t", seq, mode, tuple(flags), silent, uid)  # type: ignore[arg-type]
+
+
+def test_eight_bit_atoms_are_accepted_where_strings_are_expected() -> None:
+    assert one("t SEARCH CHARSET UTF-8 SUBJECT résultats\r\n".encode()) == c.Search(
+        "t", c.SearchHeader("Subject", "résultats"), charset="UTF-8"
+    )
+    assert one("t SELECT Envoyés\r\n".encode()) == c.Select("t", "Envoyés")
+    assert one('t LIST "" Envoy*\r\n'.encode()) == c.List("t", "", ("Envoy*",))
+    assert bad("t FETCH 1 FLAGSé\r\n".encode()).reason.startswith("unexpected")

@@ -56,6 +56,11 @@ ATOM_CHARS = frozenset(range(0x21, 0x7F)) - frozenset(b'(){%*"\\]')
 ASTRING_CHARS = ATOM_CHARS | {ord("]")}
 TAG_CHARS = ASTRING_CHARS - {ord("+")}
 LIST_CHARS = ATOM_CHARS | frozenset(b"%*]")
+# Clients (imaplib among them) send UTF-8 search strings and mailbox names as bare atoms; RFC 9051
+# wants them quoted, but refusing them helps nobody: where a string is expected, 8-bit is accepted.
+_EIGHT_BIT = frozenset(range(0x80, 0x100))
+ASTRING8_CHARS = ASTRING_CHARS | _EIGHT_BIT
+LIST8_CHARS = LIST_CHARS | _EIGHT_BIT
 _DIGITS = frozenset(b"0123456789")
 _SEQ_CHARS = _DIGITS | frozenset(b":,*$")
 _FETCH_NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.")
@@ -545,7 +550,7 @@ class _Reader:
         b = self.peek()
         if b == 0x22 or b == 0x7B or (b == 0x7E and self.peek2() == 0x7B):
             return self.string(what)
-        raw = self.take(ASTRING_CHARS)
+        raw = self.take(ASTRING8_CHARS)
         if not raw:
             raise self.fail(f"expected {what}, found {_show(b)}")
         return raw
@@ -579,7 +584,7 @@ class _Reader:
         if b == 0x22 or b == 0x7B:
             raw = self.string("mailbox pattern")
         else:
-            raw = self.take(LIST_CHARS)
+            raw = self.take(LIST8_CHARS)
             if not raw:
                 raise self.fail(f"expected a mailbox pattern, found {_show(b)}")
         return self._name(raw, "mailbox pattern")

@@ -1,0 +1,315 @@
+# ruff: noqa: E501
+"""Real clients over real TLS sockets: Python's imaplib against the session through the asyncio driver."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import imaplib
+import ipaddress
+import socket
+import ssl
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from imap_memory_backend import MemoryBackend, MemoryStore
+from mssante_operator.imap.backend import ConnectionInfo
+from mssante_operator.imap.driver import DriverConfig, serve_connection
+from mssante_operator.imap.session import Session, SessionConfig
+
+USER = "jean.dupont@hopital-a.mssante.fr"
+MIXED = (
+    b"From: labo@labo-c.mssante.fr\r\nTo: jean.dupont@hopital-a.mssante.fr\r\nSubject: =?UTF-8?Q?R=C3=A9sultats?=\r\n"
+    b"Date: Mon, 6 Jan 2025 10:00:00 +0100\r\nMessage-ID: <r1@labo-c>\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n'
+    b"Glyc\xc3\xa9mie normale.\r\n--b\r\nContent-Type: application/zip; name=IHE_XDM.ZIP\r\n"
+    b"Content-Disposition: attachment; filename=IHE_XDM.ZIP\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    b"UEsDBBQAAAAIAA==\r\n--b--\r\n"
+)
+
+
+@dataclass
+class Pki:
+    server_ctx: ssl.SSLContext
+    client_ctx: ssl.SSLContext
+    cert_client_ctx: ssl.SSLContext
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _cert(subject: str, issuer: str, key: ec.EllipticCurvePrivateKey, signer: ec.EllipticCurvePrivateKey,
+          *, ca: bool = False, san: bool = False) -> x509.Certificate:  # fmt: skip
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )  # fmt: skip
+    if san:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+        )
+    return builder.sign(signer, hashes.SHA256())
+
+
+def _pem(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
+    cert_path, key_path = path.with_suffix(".crt"), path.with_suffix(".key")
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))  # fmt: skip
+    return cert_path, key_path
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    d = tmp_path_factory.mktemp("pki")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("Test CA", "Test CA", ca_key, ca_key, ca=True)
+    (d / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    srv_key, cli_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    srv = _pem(d / "server", _cert("imap.test", "Test CA", srv_key, ca_key, san=True), srv_key)
+    cli = _pem(d / "client", _cert("Dr Dupont", "Test CA", cli_key, ca_key), cli_key)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(*srv)
+    server_ctx.load_verify_locations(d / "ca.crt")
+    server_ctx.verify_mode = ssl.CERT_OPTIONAL
+    client_ctx = ssl.create_default_context(cafile=str(d / "ca.crt"))
+    cert_client_ctx = ssl.create_default_context(cafile=str(d / "ca.crt"))
+    cert_client_ctx.load_cert_chain(*cli)
+    return Pki(server_ctx, client_ctx, cert_client_ctx)
+
+
+def conn_info(writer: asyncio.StreamWriter) -> ConnectionInfo:
+    peer = writer.get_extra_info("peercert")
+    subject = None
+    if peer:
+        subject = ",".join(f"{k}={v}" for rdn in peer["subject"] for k, v in rdn).replace("commonName", "CN")
+    return ConnectionInfo("127.0.0.1", tls=True, client_cert_verified=bool(peer), client_cert_subject=subject)
+
+
+class Changes:
+    """A stand-in for the store's change notification: one event per folder id."""
+
+    def __init__(self) -> None:
+        self.events: dict[int, asyncio.Event] = {}
+
+    async def wait(self, folder_id: int) -> None:
+        event = self.events.setdefault(folder_id, asyncio.Event())
+        await event.wait()
+        event.clear()
+
+    def notify(self, folder_id: int) -> None:
+        self.events.setdefault(folder_id, asyncio.Event()).set()
+
+
+@dataclass
+class Server:
+    store: MemoryStore
+    port: int
+    tls_port: int
+    changes: Changes
+    sessions: list[Session]
+
+
+@pytest.fixture
+async def server(pki: Pki) -> AsyncIterator[Server]:
+    store = MemoryStore()
+    store.add_account(USER, cert_subject="CN=Dr Dupont")
+    for i in range(3):
+        store.deliver(USER, MIXED.replace(b"<r1@", b"<r%d@" % i))
+    changes = Changes()
+    sessions: list[Session] = []
+
+    def handler(implicit: bool) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], object]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            conn = conn_info(writer) if implicit else ConnectionInfo("127.0.0.1")
+            session = Session(MemoryBackend(store), conn, SessionConfig(starttls=not implicit))
+            sessions.append(session)
+            await serve_connection(reader, writer, session, tls_context=pki.server_ctx, conn_after_tls=conn_info,
+                                   wait_for_change=changes.wait, config=DriverConfig(idle_timeout=10))  # fmt: skip
+
+        return handle
+
+    plain = await asyncio.start_server(handler(False), "127.0.0.1", 0)
+    tls = await asyncio.start_server(handler(True), "127.0.0.1", 0, ssl=pki.server_ctx)
+    yield Server(store, plain.sockets[0].getsockname()[1], tls.sockets[0].getsockname()[1], changes, sessions)
+    for srv in (plain, tls):
+        srv.close()
+        await srv.wait_closed()
+
+
+async def test_imaplib_session_over_starttls(server: Server, pki: Pki) -> None:
+    def client() -> dict[str, object]:
+        out: dict[str, object] = {}
+        with imaplib.IMAP4("127.0.0.1", server.port) as imap:
+            out["caps_before"] = imap.capabilities
+            imap.starttls(ssl_context=pki.client_ctx)
+            out["caps_tls"] = imap.capabilities
+            out["login"] = imap.login(USER, "secret")
+            out["list"] = imap.list()
+            typ, exists = imap.select("INBOX")
+            out["select"] = (typ, list(exists))  # imaplib keeps mutating the list it returned
+            out["fetch"] = imap.fetch("1", "(FLAGS RFC822.SIZE BODY.PEEK[] BODYSTRUCTURE ENVELOPE)")
+            out["section"] = imap.fetch("2", "(BODY.PEEK[2.MIME] BODY.PEEK[2])")
+            out["uid_fetch"] = imap.uid("FETCH", "1:*", "(UID FLAGS)")
+            out["store"] = imap.store("1", "+FLAGS", "(\\Seen)")
+            out["search"] = imap.search(None, "SEEN")
+            out["uid_search"] = imap.uid("SEARCH", "CHARSET", "UTF-8", "SUBJECT", "résultats".encode())
+            out["append"] = imap.append("INBOX", "(\\Draft)", imaplib.Time2Internaldate(0), MIXED)
+            out["copy"] = imap.copy("1:2", "Archive")
+            out["status"] = imap.status("Archive", "(MESSAGES UIDNEXT)")
+            out["create"] = imap.create("Envoy&AOk-s")
+            out["quota"] = imap.getquotaroot("INBOX")
+            out["namespace"] = imap.namespace()
+            imap.store("3", "+FLAGS", "(\\Deleted)")
+            out["expunge"] = imap.expunge()
+            out["close"] = imap.close()
+            out["logout"] = imap.logout()
+        return out
+
+    out = await asyncio.to_thread(client)
+    assert "STARTTLS" in out["caps_before"] and "LOGINDISABLED" in out["caps_before"]  # type: ignore[operator]
+    assert "AUTH=PLAIN" in out["caps_tls"] and "STARTTLS" not in out["caps_tls"]  # type: ignore[operator]
+    assert out["login"][0] == "OK"  # type: ignore[index]
+    assert b'(\\HasNoChildren \\Sent) "/" "Sent"' in out["list"][1]  # type: ignore[index]
+    assert out["select"] == ("OK", [b"3"])
+    typ, data = out["fetch"]  # type: ignore[misc]
+    assert typ == "OK"
+    (head, body), tail = data[0], data[1]
+    assert head == b"1 (FLAGS () RFC822.SIZE 473 BODY[] {473}"
+    assert body == MIXED.replace(b"<r1@", b"<r0@")
+    assert b'BODYSTRUCTURE (("TEXT" "PLAIN" ("charset" "utf-8") NIL NIL "7BIT" 18 1 NIL NIL NIL NIL)' in tail
+    assert (
+        b'("APPLICATION" "ZIP" ("name" "IHE_XDM.ZIP") NIL NIL "BASE64" 16 NIL ("ATTACHMENT" ("filename" "IHE_XDM.ZIP")) NIL NIL)'
+        in tail
+    )
+    typ, data = out["section"]  # type: ignore[misc]
+    assert data[0][1].startswith(b"Content-Type: application/zip") and data[1] == b' BODY[2] "UEsDBBQAAAAIAA==")'
+    assert out["uid_fetch"] == ("OK", [b"1 (UID 1 FLAGS ())", b"2 (UID 2 FLAGS ())", b"3 (UID 3 FLAGS ())"])
+    assert out["store"] == ("OK", [b"1 (FLAGS (\\Seen))"])
+    assert out["search"] == ("OK", [b"1"])
+    assert out["uid_search"] == ("OK", [b"1 2 3"])
+    assert out["append"][0] == "OK" and b"[APPENDUID" in out["append"][1][0]  # type: ignore[index]
+    assert out["copy"][0] == "OK" and b"[COPYUID" in out["copy"][1][0]  # type: ignore[index]
+    assert out["status"] == ("OK", [b'"Archive" (MESSAGES 2 UIDNEXT 3)'])
+    assert out["create"][0] == "OK"  # type: ignore[index]
+    assert out["quota"][0] == "OK"  # type: ignore[index]
+    assert out["namespace"] == ("OK", [b'(("" "/")) NIL NIL'])
+    assert out["expunge"] == ("OK", [b"3"])
+    assert out["logout"][0] == "BYE"  # type: ignore[index]
+    assert "Envoyés" in server.store.accounts[USER].folders
+
+
+async def test_implicit_tls_and_sasl_external(server: Server, pki: Pki) -> None:
+    def client() -> tuple[object, object, object]:
+        with imaplib.IMAP4_SSL("127.0.0.1", server.tls_port, ssl_context=pki.cert_client_ctx) as imap:
+            caps = imap.capabilities
+            auth = imap.authenticate("EXTERNAL", lambda _challenge: b"")
+            sel = imap.select("INBOX", readonly=True)
+            imap.logout()
+        return caps, auth, sel
+
+    caps, auth, sel = await asyncio.to_thread(client)
+    assert "AUTH=EXTERNAL" in caps and "STARTTLS" not in caps  # type: ignore[operator]
+    assert auth[0] == "OK"  # type: ignore[index]
+    assert sel == ("OK", [b"3"])
+
+    def without_cert() -> object:
+        with imaplib.IMAP4_SSL("127.0.0.1", server.tls_port, ssl_context=pki.client_ctx) as imap:
+            return imap.capabilities
+
+    assert "AUTH=EXTERNAL" not in await asyncio.to_thread(without_cert)  # type: ignore[operator]
+
+
+def _tls_socket(port: int, ctx: ssl.SSLContext) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def _read_until(sock: socket.socket | ssl.SSLSocket, marker: bytes) -> bytes:
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+async def test_starttls_injection_is_discarded(server: Server, pki: Pki) -> None:
+    def client() -> bytes:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        _read_until(sock, b"\r\n")
+        sock.sendall(b"a STARTTLS\r\nb LOGIN jean.dupont@hopital-a.mssante.fr secret\r\nc CAPABILITY\r\n")
+        reply = _read_until(sock, b"a OK")
+        assert reply.startswith(b"a OK"), reply
+        tls = pki.client_ctx.wrap_socket(sock, server_hostname="127.0.0.1")
+        tls.sendall(b"d NOOP\r\n")
+        return _read_until(tls, b"d OK")
+
+    reply = await asyncio.to_thread(client)
+    # Nothing sent in the clear after STARTTLS was executed: no answer to b or c.
+    assert reply == b"d OK NOOP completed\r\n"
+
+
+async def test_idle_sees_new_mail(server: Server, pki: Pki) -> None:
+    idling = threading.Event()
+
+    def client() -> bytes:
+        sock = _tls_socket(server.tls_port, pki.client_ctx)
+        _read_until(sock, b"\r\n")
+        sock.sendall(b"a LOGIN jean.dupont@hopital-a.mssante.fr secret\r\nb SELECT INBOX\r\n")
+        _read_until(sock, b"b OK")
+        sock.sendall(b"c IDLE\r\n")
+        assert _read_until(sock, b"+ idling\r\n").endswith(b"+ idling\r\n")
+        idling.set()
+        update = _read_until(sock, b"EXISTS\r\n")
+        sock.sendall(b"DONE\r\n")
+        update += _read_until(sock, b"c OK")
+        sock.sendall(b"d LOGOUT\r\n")
+        _read_until(sock, b"d OK")
+        sock.close()
+        return update
+
+    task = asyncio.ensure_future(asyncio.to_thread(client))
+    await asyncio.to_thread(idling.wait, 10)
+    uid = server.store.deliver(USER, MIXED)
+    folder_id = server.store.accounts[USER].folders["INBOX"].id
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    server.changes.notify(folder_id)
+    update = await asyncio.wait_for(task, 10)
+    assert update == b"* 4 EXISTS\r\nc OK IDLE terminated\r\n"
+    assert uid == 4 and loop.time() - start < 5
+
+
+async def test_garbage_and_disconnects_do_not_hurt_the_server(server: Server, pki: Pki) -> None:
+    def client() -> bytes:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        _read_until(sock, b"\r\n")
+        sock.sendall(b"\x00\xff garbage {5}\r\n")
+        first = _read_until(sock, b"\r\n")
+        sock.sendall(b"a LOGIN {10}\r\n")  # and hang up without sending the literal
+        _read_until(sock, b"\r\n")
+        sock.close()
+        return first
+
+    first = await asyncio.to_thread(client)
+    assert first.startswith(b"* BAD")
+
+    def second() -> object:
+        with imaplib.IMAP4("127.0.0.1", server.port) as imap:
+            return imap.noop()
+
+    assert (await asyncio.to_thread(second))[0] == "OK"  # type: ignore[index]

@@ -195,7 +195,9 @@ async def test_imaplib_session_over_starttls(server: Server, pki: Pki) -> None:
         in tail
     )
     typ, data = out["section"]  # type: ignore[misc]
-    assert data[0][1].startswith(b"Content-Type: application/zip") and data[1] == b' BODY[2] "UEsDBBQAAAAIAA==")'
+    assert (
+        data[0][1].startswith(b"Content-Type: application/zip") and data[1] == b' BODY[2] "UEsDBBQAAAAIAA==")'
+    )
     assert out["uid_fetch"] == ("OK", [b"1 (UID 1 FLAGS ())", b"2 (UID 2 FLAGS ())", b"3 (UID 3 FLAGS ())"])
     assert out["store"] == ("OK", [b"1 (FLAGS (\\Seen))"])
     assert out["search"] == ("OK", [b"1"])

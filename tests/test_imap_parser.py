@@ -890,5 +890,5 @@ def test_eight_bit_atoms_are_accepted_where_strings_are_expected() -> None:
         "t", c.SearchHeader("Subject", "résultats"), charset="UTF-8"
     )
     assert one("t SELECT Envoyés\r\n".encode()) == c.Select("t", "Envoyés")
-    assert one('t LIST "" Envoy*\r\n'.encode()) == c.List("t", "", ("Envoy*",))
+    assert one(b't LIST "" Envoy*\r\n') == c.List("t", "", ("Envoy*",))
     assert bad("t FETCH 1 FLAGSé\r\n".encode()).reason.startswith("unexpected")

@@ -841,18 +841,37 @@ class Session:
                 yield line
         failed: str | None = None
         if uids:
+            # Small responses are batched into 64 KiB writes; large bodies stream through as chunks.
+            batch = bytearray()
+            known = sel.uids
+            cursor = bisect.bisect_left(known, uids[0])
             async for row in self.backend.fetch(sel.folder_id, uids, request):
-                seq = sel.seq_of(row.uid)
-                if seq is None:
+                # Rows come in ascending UID order: find sequence numbers with a moving cursor.
+                while cursor < len(known) and known[cursor] < row.uid:
+                    cursor += 1
+                if cursor >= len(known) or known[cursor] != row.uid:
+                    cursor = bisect.bisect_left(known, row.uid)
                     continue
-                items, error = _fetch_items(row, atts, self.condstore)
+                seq = cursor + 1
+                items, error, streamed = _fetch_items(row, atts)
                 failed = failed or error
                 if row.flags_changed and "FLAGS" not in names:
                     items.append(("FLAGS", tuple(Atom(f) for f in row.flags)))
                 if row.flags_changed or "FLAGS" in names:
                     sel.reported[row.uid] = row.modseq  # the client has these flags now
+                if not streamed:
+                    batch += r.fetch(seq, items, utf8=self.utf8)
+                    if len(batch) >= _CHUNK:
+                        yield bytes(batch)
+                        batch.clear()
+                    continue
+                if batch:
+                    yield bytes(batch)
+                    batch.clear()
                 for chunk in r.fetch_chunks(seq, items, utf8=self.utf8):
                     yield chunk
+            if batch:
+                yield bytes(batch)
         for line in await self._updates(allow_expunge=cmd.uid):
             yield line
         if failed:
@@ -1035,8 +1054,10 @@ def _stream(data: bytes, *, binary: bool = False) -> r.Stream:
 
 
 def _fetch_items(
-    row: MessageData, atts: Sequence[c.FetchAtt], condstore: bool
-) -> tuple[list[tuple[str, Value]], str | None]:
+    row: MessageData, atts: Sequence[c.FetchAtt]
+) -> tuple[list[tuple[str, Value]], str | None, bool]:
+    """The FETCH items of one message, an error (unknown transfer encoding), and whether any value
+    is a Stream."""
     items: list[tuple[str, Value]] = []
     error: str | None = None
     raw = row.content or b""
@@ -1093,7 +1114,8 @@ def _fetch_items(
         else:  # pragma: no cover - the parser only produces the names above
             continue
         items.append((att.response_name(), value))
-    return items, error
+    streamed = any(isinstance(v, r.Stream) for _, v in items)
+    return items, error, streamed
 
 
 _DISPATCH: dict[type, Callable[[Session, Any], AsyncIterator[Output]]] = {

@@ -672,3 +672,55 @@ async def test_sort_and_thread(store: MemoryStore) -> None:
     assert {"SORT", "SORT=DISPLAY", "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT"} <= caps(
         await c("f CAPABILITY")
     )
+
+
+async def test_qresync_without_known_uids_uses_the_change_feed(store: MemoryStore) -> None:
+    other = await selected(store)
+    await other("a STORE 3 +FLAGS.SILENT (\\Flagged)")  # modseq 7
+    await other("b STORE 4 +FLAGS.SILENT (\\Deleted)")  # modseq 8
+    await other("c EXPUNGE")  # modseq 9
+    c = Client(store)
+    await c.login()
+    await c("e ENABLE QRESYNC")
+    out = await c("s SELECT INBOX (QRESYNC (1001 6))")
+    assert "* VANISHED (EARLIER) 4\r\n" in out
+    assert "* 3 FETCH (UID 3 FLAGS (\\Flagged) MODSEQ (7))\r\n" in out
+    assert "* OK [HIGHESTMODSEQ 9]" in out
+    # A stale UIDVALIDITY means a full resynchronisation: no VANISHED.
+    out = await c("t SELECT INBOX (QRESYNC (999 6 1:5))")
+    assert "VANISHED" not in out and out.endswith("t OK [READ-WRITE] SELECT completed\r\n")
+
+
+async def test_select_condstore_parameter_enables_modseq_in_fetch(store: MemoryStore) -> None:
+    c = Client(store)
+    await c.login()
+    await c("s SELECT INBOX (CONDSTORE)")
+    assert (await c("a FETCH 1 FLAGS")) == "* 1 FETCH (FLAGS () MODSEQ (2))\r\na OK FETCH completed\r\n"
+
+
+async def test_more_refusals(store: MemoryStore) -> None:
+    c = Client(store, PLAIN, SessionConfig(max_bad_commands=2))
+    await c.send(b"a STARTTLS\r\n")
+    c.session.tls_started(TLS)
+    await c.login()
+    # STARTTLS once authenticated is a state error: what follows it is still processed.
+    assert (
+        await c.send(b"b STARTTLS\r\nc NOOP\r\n")
+    ) == "b BAD STARTTLS is not allowed once authenticated\r\nc OK NOOP completed\r\n"
+    assert (await c("d CREATE /")) == "d NO [CANNOT] empty mailbox name\r\n"
+    assert (await c("e RENAME Sent inbox")) == "e NO [ALREADYEXISTS] cannot rename to INBOX\r\n"
+    await c("f EXAMINE INBOX")
+    assert (await c("g EXPUNGE")) == "g NO [READ-ONLY] the mailbox is read-only (EXAMINE)\r\n"
+    assert (await c("h MOVE 1 Trash")) == "h NO [READ-ONLY] the mailbox is read-only (EXAMINE)\r\n"
+    await c("i LOGIN x y")
+    out = await c("j LOGIN x y")
+    assert out.endswith("* BYE too many invalid commands\r\n") and c.session.state is State.LOGOUT
+
+
+async def test_many_small_fetch_responses_are_batched(store: MemoryStore) -> None:
+    for i in range(3000):
+        store.deliver("jean.dupont@hopital-a.mssante.fr", message(f"bulk {i}"))
+    c = await selected(store)
+    out = await c("a UID FETCH 1:* (UID FLAGS RFC822.SIZE)")
+    assert out.count(" FETCH (") == 3005 and out.endswith("a OK FETCH completed\r\n")
+    assert 2 <= len(c.chunks) < 10  # a few 64 KiB writes, not one per message

@@ -381,6 +381,17 @@ ERRORS: list[tuple[bytes, str | None, str]] = [
     (b"a1 SORT (FOO) UTF-8 ALL", "a1", "unknown sort key 'FOO'"),
     (b"a1 THREAD FOO UTF-8 ALL", "a1", "unknown threading algorithm"),
     (b"a1 SELECT \x00", "a1", "expected mailbox name"),
+    (b'a1 LOGIN "x\ry" z', "a1", "byte 0x0d is not allowed in a quoted string"),
+    (b'a1 LOGIN "x\x00y" z', "a1", "byte 0x00 is not allowed in a quoted string"),
+    (b'a1 LIST "" )', "a1", "expected a mailbox pattern, found ')'"),
+    (b'a1 APPEND INBOX "01-Jan-2024 10:00:00 +0060" {3+}\r\nabc', "a1", "invalid time zone"),
+    (b"a1 SEARCH SINCE 1-Foo-2024", "a1", "invalid month 'Foo' in date"),
+    (b"a1 SELECT INBOX (QRESYNC (1 2 (1:* 3)))", "a1", "'*' is not allowed in QRESYNC sequence match data"),
+    (b"a1 SORT (REVERSE REVERSE DATE) UTF-8 ALL", "a1", "REVERSE given twice"),
+    (b'a1 ID ("name" "' + b"v" * 1025 + b'")', "a1", "limited to 1024 octets"),
+    (b"a1 ID (" + b" ".join(b'"k%d" "v"' % i for i in range(31)) + b")", "a1", "at most 30 ID field-value pairs"),
+    (b"a1 UID FROB {3}", "a1", "UID FROB is not a command"),
+    (b"a1 {3}", "a1", "unknown command '{3}'"),
 ]  # fmt: skip
 
 
@@ -892,3 +903,30 @@ def test_eight_bit_atoms_are_accepted_where_strings_are_expected() -> None:
     assert one("t SELECT Envoyés\r\n".encode()) == c.Select("t", "Envoyés")
     assert one(b't LIST "" Envoy*\r\n') == c.List("t", "", ("Envoy*",))
     assert bad("t FETCH 1 FLAGSé\r\n".encode()).reason.startswith("unexpected")
+
+
+def test_long_line_during_idle_and_auth() -> None:
+    p = CommandParser(max_line=50)
+    p.expect_idle_done("i")
+    p.feed(b"x" * 60 + b"\r\n")
+    assert p.next_event() == c.BadCommand("i", "line too long (limit 50 octets)")
+    p.expect_auth_response("a")
+    p.feed(b"x" * 60 + b"\r\nb NOOP\r\n")
+    assert p.next_event() == c.BadCommand("a", "line too long (limit 50 octets)")
+    assert p.next_event() == c.Noop("b")
+
+
+def test_rejecting_a_literal_discards_the_sink() -> None:
+    sinks: list[ChunkSink] = []
+
+    def factory(size: int) -> ChunkSink:
+        sinks.append(ChunkSink(size))
+        return sinks[-1]
+
+    p = CommandParser(sink_factory=factory, sink_threshold=1)
+    p.feed(b"a APPEND INBOX {12}\r\n")
+    assert isinstance(p.next_event(), c.ContinuationRequest)
+    p.feed(b"0123")
+    assert p.next_event() is NEED_DATA
+    p.reject_literal()
+    assert sinks[0].discarded

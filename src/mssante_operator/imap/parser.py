@@ -600,7 +600,7 @@ class _Reader:
         except SequenceSetError as exc:
             raise self.fail(f"invalid sequence set: {exc}") from None
 
-    def flag(self, *, allow_recent: bool = False) -> str:
+    def flag(self) -> str:
         if self.peek() == 0x5C:  # backslash
             self.pos += 1
             if self.peek() == ord("*"):
@@ -608,8 +608,6 @@ class _Reader:
             name = "\\" + self.atom("a flag name after '\\'")
             upper = name.upper()
             if upper == "\\RECENT":
-                if allow_recent:
-                    return "\\Recent"
                 raise self.fail("\\Recent cannot be set by a client")
             return _SYSTEM_FLAGS.get(upper, name)
         return self.atom("a flag")

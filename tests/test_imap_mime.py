@@ -453,3 +453,38 @@ def test_generated_messages_sections_are_byte_exact(tree: dict[str, object]) -> 
         assert mime.section_bytes(root, Section((1,))) == body
     rendered = render(mime.body_structure(root))
     assert rendered.count(b"(") == rendered.count(b")") or b"{" in rendered
+
+
+def test_header_syntax_corners() -> None:
+    raw = (
+        b'Content-Type: text/plain (a comment (nested)) ; charset = "utf\\"-8" ; junk ; format=flowed; =x\r\n'
+        b'Content-Disposition: attachment (why); filename="a\\\\b.pdf\r\n'
+        b"To: Team: a@x.fr\r\n"
+        b"Subject: no newline at the end"
+    )
+    root = mime.parse_message(raw)
+    assert root.params == [(b"charset", b'utf"-8'), (b"format", b"flowed")]
+    assert structure(raw).endswith('("ATTACHMENT" ("filename" "a\\\\b.pdf")) NIL NIL)')
+    env = mime.envelope(root)
+    assert isinstance(env, tuple)
+    assert render(env[5]) == b'((NIL NIL "Team" NIL)(NIL NIL "a" "x.fr")(NIL NIL NIL NIL))'
+    assert (
+        mime.section_bytes(root, Section((), "HEADER.FIELDS", ("Subject",)))
+        == b"Subject: no newline at the end\r\n\r\n"
+    )
+    assert (
+        mime.section_bytes(
+            root, Section((), "HEADER.FIELDS.NOT", ("Content-Type", "Content-Disposition", "To", "Subject"))
+        )
+        == b"\r\n"
+    )
+
+
+def test_binary_of_containers_and_broken_base64() -> None:
+    root = mime.parse_message(FORWARD)
+    assert mime.binary_section(root, (2,)) == mime.section_bytes(root, Section((2,)))
+    broken = mime.parse_message(b"Content-Transfer-Encoding: base64\r\n\r\nabc")
+    with pytest.raises(mime.UnknownTransferEncoding, match="invalid base64"):
+        mime.binary_section(broken, (1,))
+    qp = mime.parse_message(b"Content-Transfer-Encoding: quoted-printable\r\n\r\nGlyc=C3=A9mie=\r\n normale")
+    assert mime.binary_section(qp, (1,)) == "Glycémie normale".encode()

@@ -7,8 +7,12 @@ Modules:
 - `response`: response serializer (status lines, codes, untagged data, FETCH in chunks);
 - `mutf7`, `sequence`: mailbox name encoding and sequence-set arithmetic;
 - `mime`: ENVELOPE, BODYSTRUCTURE and byte-exact BODY[section] extraction;
+- `search`, `sort`: SEARCH evaluation in Python (for what SQL cannot see: encrypted bodies), SORT and
+  THREAD;
 - `backend`: the `MailboxBackend` Protocol the store implements, and its data types;
-- `session`: the per-connection state machine.
+- `session`: the per-connection state machine;
+- `driver`: a reference asyncio loop moving bytes between a stream and a session (used by the tests
+  with real clients; the production server can build on it).
 
 Design choice for the session: it is an *async coordinator that never touches a socket* rather than
 a pure action/result machine. Every store access goes through the `MailboxBackend` Protocol (async,
@@ -18,6 +22,7 @@ command into a hand-written continuation; an async generator keeps each command 
 the socket stays outside. The driver loop is:
 
     session = Session(backend_for_this_connection, ConnectionInfo(peer, tls=...), config)
+    # (this is what driver.serve_connection does)
     write(session.greeting())
     while data := await read():
         session.feed(data)

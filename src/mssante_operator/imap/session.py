@@ -470,7 +470,7 @@ class Session:
         if self._selected is not None:
             self._selected = None
             self.state = State.AUTHENTICATED
-            if self.qresync:
+            if self.qresync or self.rev2:
                 yield r.untagged("OK", "previous mailbox closed", Code.CLOSED)
         if cmd.qresync is not None and not self.qresync:
             raise _Bad("QRESYNC must be enabled (ENABLE QRESYNC) before SELECT ... (QRESYNC ...)")

@@ -12,15 +12,19 @@ streamed 10 MB body), and ENVELOPE + BODYSTRUCTURE computations per second (as f
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import time
 import timeit
+import tracemalloc
 from collections.abc import Callable
 
 from mssante_operator.imap import mime
+from mssante_operator.imap.backend import AuthResult, Changes, ConnectionInfo, Credentials, SelectedFolder
 from mssante_operator.imap.commands import NEED_DATA, Command
 from mssante_operator.imap.parser import CommandParser
 from mssante_operator.imap.response import Atom, Stream, fetch, fetch_chunks, imap_date_time, render
+from mssante_operator.imap.session import Session
 
 MIX = [
     b"a001 UID FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALDATE)\r\n",
@@ -131,6 +135,44 @@ def bench_structure(seconds: float) -> float:
     return timed(seconds, step)[0]
 
 
+class _SelectOnly:
+    """Just enough of a MailboxBackend to log in and select a folder of `size` messages."""
+
+    def __init__(self, size: int) -> None:
+        self.uids = list(range(1, size + 1))
+
+    async def authenticate(self, credentials: Credentials, conn: ConnectionInfo) -> AuthResult:
+        return AuthResult(True, "jean.dupont@hopital-a.mssante.fr")
+
+    async def select(self, name: str, *, readonly: bool) -> SelectedFolder:
+        return SelectedFolder(1, 1, len(self.uids) + 1, 1, self.uids)
+
+    async def changes_since(self, folder_id: int, modseq: int) -> Changes:
+        return Changes(1)
+
+
+def bench_session_memory(sessions: int, folder_size: int) -> float:
+    """Bytes per authenticated session idling on a selected folder (parser, session, UID array)."""
+
+    async def run() -> float:
+        backend = _SelectOnly(folder_size)
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        kept = []
+        for _ in range(sessions):
+            session = Session(backend, ConnectionInfo("192.0.2.1", tls=True))  # type: ignore[arg-type]
+            session.feed(b"a LOGIN jean x\r\nb SELECT INBOX\r\nc IDLE\r\n")
+            async for _out in session.process():
+                pass
+            assert session.idling
+            kept.append(session)
+        after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        return (after - before) / sessions
+
+    return asyncio.run(run())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
@@ -143,6 +185,8 @@ def main() -> None:
         ("streamed FETCH BODY[] serialisation, MB/s", f"{bench_stream(args.seconds):,.0f}"),
         (f"ENVELOPE + BODYSTRUCTURE per second ({len(MESSAGE) // 1024} KiB message, 4 parts)",
          f"{bench_structure(args.seconds):,.0f}"),
+        ("memory per session in IDLE on a 1,000-message folder, bytes", f"{bench_session_memory(2000, 1000):,.0f}"),
+        ("memory per session in IDLE on an empty folder, bytes", f"{bench_session_memory(2000, 0):,.0f}"),
     ]  # fmt: skip
     width = max(len(name) for name, _ in rows)
     for name, value in rows:

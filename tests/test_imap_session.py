@@ -724,3 +724,32 @@ async def test_many_small_fetch_responses_are_batched(store: MemoryStore) -> Non
     out = await c("a UID FETCH 1:* (UID FLAGS RFC822.SIZE)")
     assert out.count(" FETCH (") == 3005 and out.endswith("a OK FETCH completed\r\n")
     assert 2 <= len(c.chunks) < 10  # a few 64 KiB writes, not one per message
+
+
+async def test_store_failures_during_idle_and_streaming(
+    store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = await selected(store)
+    await c("a IDLE")
+
+    async def broken(folder_id: int, modseq: int) -> object:
+        raise RuntimeError("database restarting")
+
+    monkeypatch.setattr(c.backend, "changes_since", broken)
+    assert await c.session.poll_updates() == []
+    monkeypatch.undo()
+    await c("DONE")
+
+    from mssante_operator.imap import session as session_module
+
+    def lying_stream(data: bytes, *, binary: bool = False) -> object:
+        from mssante_operator.imap.response import Stream
+
+        return Stream(len(data) + 10, iter([data]), binary)
+
+    big = store.deliver("jean.dupont@hopital-a.mssante.fr", message("big", "y" * 100_000))
+    assert "* 6 EXISTS" in await c("n NOOP")
+    monkeypatch.setattr(session_module, "_stream", lying_stream)
+    out = await c(f"b UID FETCH {big} BODY.PEEK[]")
+    assert "b OK" not in out and "b NO" not in out
+    assert isinstance(c.actions[-1], CloseConnection) and c.session.state is State.LOGOUT

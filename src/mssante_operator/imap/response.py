@@ -26,6 +26,7 @@ __all__ = [
     "Concat",
     "Literal",
     "Stream",
+    "StreamSizeError",
     "Value",
     "continuation",
     "fetch",
@@ -157,10 +158,14 @@ def render(value: Value, *, utf8: bool = False) -> bytes:
     return bytes(out)
 
 
+class StreamSizeError(ValueError):
+    """A Stream produced a different number of octets than its literal announced: the client is out
+    of sync for good, the connection must be closed."""
+
+
 def _check_stream(stream: Stream, written: int) -> None:
     if written != stream.size:
-        # Sending fewer or more octets than announced desynchronises the client for good.
-        raise ValueError(f"stream announced {stream.size} octets but produced {written}")
+        raise StreamSizeError(f"stream announced {stream.size} octets but produced {written}")
 
 
 def _render_chunks(value: Value, utf8: bool, out: bytearray) -> Iterator[bytes]:

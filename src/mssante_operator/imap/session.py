@@ -216,7 +216,12 @@ class Session:
         change during IDLE)."""
         if self._selected is None:
             return []
-        return await self._updates(allow_expunge=True)
+        try:
+            return await self._updates(allow_expunge=True)
+        except Exception:
+            # The next notification or command will try again; IDLE must not die of a store hiccup.
+            log.exception("imap_poll_updates_failed", account=self.account)
+            return []
 
     def mechanisms(self) -> list[str]:
         mechs: list[str] = []
@@ -292,6 +297,11 @@ class Session:
             yield r.tagged(event.tag, "BAD", exc.reason)
         except MailboxError as exc:
             yield r.tagged(event.tag, "NO", exc.reason, exc.code)
+        except r.StreamSizeError:
+            # Part of a literal is already out: nothing more can be understood by the client.
+            log.exception("imap_stream_size_mismatch", command=event.name, account=self.account)
+            self.state = State.LOGOUT
+            yield CloseConnection("internal error while streaming a literal")
         except Exception:
             # A store failure must not kill the connection or leak details to the client.
             log.exception("imap_command_failed", command=event.name, account=self.account)

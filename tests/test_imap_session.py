@@ -753,3 +753,15 @@ async def test_store_failures_during_idle_and_streaming(
     out = await c(f"b UID FETCH {big} BODY.PEEK[]")
     assert "b OK" not in out and "b NO" not in out
     assert isinstance(c.actions[-1], CloseConnection) and c.session.state is State.LOGOUT
+
+
+async def test_search_sequence_sets_map_to_uid_ranges(store: MemoryStore) -> None:
+    c = await selected(store)
+    await c("a STORE 2,3 +FLAGS.SILENT (\\Deleted)")
+    await c("b EXPUNGE")  # UIDs 1 4 5 left, as sequence numbers 1 2 3
+    assert (await c("c UID SEARCH 2:3")) == "* SEARCH 4 5\r\nc OK SEARCH completed\r\n"
+    assert (await c("d SEARCH 2:*")) == "* SEARCH 2 3\r\nd OK SEARCH completed\r\n"
+    assert (await c("e UID SEARCH UID 5:*")) == "* SEARCH 5\r\ne OK SEARCH completed\r\n"
+    assert (await c("f UID SEARCH UID 900:*")) == "* SEARCH 5\r\nf OK SEARCH completed\r\n"
+    assert (await c("g SEARCH 7:9")) == "* SEARCH\r\ng OK SEARCH completed\r\n"
+    assert (await c("h UID SEARCH NOT 1")) == "* SEARCH 4 5\r\nh OK SEARCH completed\r\n"

@@ -199,7 +199,8 @@ class MailboxBackend(Protocol):
         ...
 
     async def search(self, folder_id: int, key: SearchKey) -> SearchHits:
-        """Sequence-number keys have been turned into UID sets (`SearchSet(uid=True)`) by the session."""
+        """Sequence-number keys and `*` have been turned into UID ranges (`SearchSet(uid=True)`, no
+        `*`) by the session; an empty set matches nothing."""
         ...
 
     async def store_flags(

@@ -782,13 +782,27 @@ class Session:
         """Sequence numbers and `*` only mean something to this session: turn them into UID sets."""
         sel = self._sel()
         if isinstance(key, c.SearchSet):
+            # Range by range, never message by message: `1:*` on a large mailbox stays one range.
+            # Sequence ranges map to contiguous UID ranges because the UID list is ascending and
+            # the store never inserts a UID below one already seen.
+            uids = sel.uids
+            ranges: list[tuple[int | None, int | None]] = []
             if key.uid:
-                uids = key.sequence.uids(sel.uids) if key.sequence.uses_star else None
-                return key if uids is None else c.SearchSet(SequenceSet.of(uids), uid=True)
-            count = len(sel.uids)
-            return c.SearchSet(
-                SequenceSet.of(sel.uids[s - 1] for s in key.sequence.iter_seqs(count)), uid=True
-            )
+                if not key.sequence.uses_star:
+                    return key
+                top = uids[-1] if uids else 0
+                for a, b in key.sequence.ranges:
+                    lo, hi = (top if a is None else a), (top if b is None else b)
+                    if lo and hi:
+                        ranges.append((min(lo, hi), max(lo, hi)))
+            else:
+                count = len(uids)
+                for a, b in key.sequence.ranges:
+                    lo, hi = (count if a is None else a), (count if b is None else b)
+                    lo, hi = max(min(lo, hi), 1), min(max(lo, hi), count)
+                    if lo <= hi:
+                        ranges.append((uids[lo - 1], uids[hi - 1]))
+            return c.SearchSet(SequenceSet(tuple(ranges)), uid=True)
         if isinstance(key, c.SearchAnd):
             return c.SearchAnd(tuple(self._uid_key(k) for k in key.keys))
         if isinstance(key, c.SearchOr):

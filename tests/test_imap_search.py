@@ -99,3 +99,21 @@ def test_missing_date_and_unknown_charset() -> None:
     assert isinstance(events[0], Search) and isinstance(events[1], Search)
     assert not matches(events[0].key, msg, max_uid=1)
     assert matches(events[1].key, msg, max_uid=1)
+
+
+@pytest.mark.parametrize(
+    ("criteria", "level"),
+    [
+        ("SEEN UID 1:5 LARGER 10 SINCE 1-Jan-2025 MODSEQ 3", "none"),
+        ("FROM dupont", "header"),
+        ("NOT SENTSINCE 1-Jan-2025", "header"),
+        ("OR SEEN (UNSEEN BODY x)", "full"),
+        ("OR FROM a TEXT b", "full"),
+    ],
+)
+def test_content_needed(criteria: str, level: str) -> None:
+    from mssante_operator.imap.search import content_needed
+
+    command = parse_commands(f"t SEARCH {criteria}\r\n".encode())[-1]
+    assert isinstance(command, Search)
+    assert content_needed(command.key) == level

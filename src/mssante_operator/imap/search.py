@@ -17,11 +17,12 @@ import email.utils
 import quopri
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 from mssante_operator.imap import commands as c
 from mssante_operator.imap import mime
 
-__all__ = ["SearchMessage", "matches"]
+__all__ = ["SearchMessage", "content_needed", "matches"]
 
 
 @dataclass(slots=True)
@@ -118,6 +119,24 @@ def _compare(op: str, day: dt.date, ref: dt.date) -> bool:
     if op == "ON":
         return day == ref
     return day >= ref
+
+
+def content_needed(key: c.SearchKey) -> Literal["none", "header", "full"]:
+    """What of the message a key tree needs beyond metadata (flags, UID, size, dates, modseq):
+    lets the store answer in SQL alone, or decrypt only headers, or whole messages."""
+    if isinstance(key, c.SearchText):
+        return "full"
+    if isinstance(key, c.SearchHeader) or (isinstance(key, c.SearchDate) and key.sent):
+        return "header"
+    children: tuple[c.SearchKey, ...] = ()
+    if isinstance(key, c.SearchAnd):
+        children = key.keys
+    elif isinstance(key, c.SearchOr):
+        children = (key.left, key.right)
+    elif isinstance(key, c.SearchNot):
+        children = (key.key,)
+    levels = {content_needed(k) for k in children}
+    return "full" if "full" in levels else "header" if "header" in levels else "none"
 
 
 def matches(key: c.SearchKey, msg: SearchMessage, *, max_uid: int, count: int = 0) -> bool:

@@ -765,3 +765,35 @@ async def test_search_sequence_sets_map_to_uid_ranges(store: MemoryStore) -> Non
     assert (await c("f UID SEARCH UID 900:*")) == "* SEARCH 5\r\nf OK SEARCH completed\r\n"
     assert (await c("g SEARCH 7:9")) == "* SEARCH\r\ng OK SEARCH completed\r\n"
     assert (await c("h UID SEARCH NOT 1")) == "* SEARCH 4 5\r\nh OK SEARCH completed\r\n"
+
+
+async def test_a_100000_message_mailbox(store: MemoryStore) -> None:
+    address = "jean.dupont@hopital-a.mssante.fr"
+    raw = message("bulk")
+    folder = store.accounts[address].folders["Archive"]
+    from imap_memory_backend import Msg
+
+    for uid in range(1, 100_001):
+        folder.messages[uid] = Msg(uid, {"\\Seen"} if uid % 2 else set(), uid + 1, raw)
+    folder.uidnext, folder.modseq = 100_001, 100_001
+    c = Client(store)
+    await c.login()
+    calls: list[str] = []
+    original_fetch = c.backend.fetch
+
+    def counting_fetch(*args: object, **kw: object) -> object:
+        calls.append("fetch")
+        return original_fetch(*args, **kw)  # type: ignore[arg-type]
+
+    c.backend.fetch = counting_fetch  # type: ignore[method-assign]
+    assert "* 100000 EXISTS" in await c("a SELECT Archive")
+    out = await c("b UID FETCH 1:* (FLAGS)")
+    assert out.count("FETCH (UID") == 100_000 and calls == ["fetch"]  # one batched call
+    assert out.startswith("* 1 FETCH (UID 1 FLAGS (\\Seen))\r\n* 2 FETCH (UID 2 FLAGS ())\r\n")
+    assert max(len(ch) for ch in c.chunks) < 70_000
+    await c("c STORE 2:99999 +FLAGS.SILENT (\\Deleted)")
+    out = await c("d EXPUNGE")
+    assert out.startswith("* 99999 EXPUNGE\r\n* 99998 EXPUNGE\r\n") and out.count("EXPUNGE\r\n") == 99_998
+    assert (
+        await c("e FETCH 1:* UID")
+    ) == "* 1 FETCH (UID 1)\r\n* 2 FETCH (UID 100000)\r\ne OK FETCH completed\r\n"

@@ -315,3 +315,13 @@ async def test_garbage_and_disconnects_do_not_hurt_the_server(server: Server, pk
             return imap.noop()
 
     assert (await asyncio.to_thread(second))[0] == "OK"  # type: ignore[index]
+
+
+async def test_plaintext_left_in_the_stream_reader_is_dropped_before_tls() -> None:
+    from mssante_operator.imap.driver import _discard_plaintext
+
+    reader = asyncio.StreamReader()
+    reader.feed_data(b"b LOGIN injected secret\r\n")
+    _discard_plaintext(reader)
+    reader.feed_data(b"c NOOP\r\n")
+    assert await reader.readline() == b"c NOOP\r\n"

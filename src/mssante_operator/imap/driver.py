@@ -67,10 +67,9 @@ async def serve_connection(
                         await writer.drain()
                 elif isinstance(out, UpgradeTLS):
                     await writer.drain()
-                    if (
-                        tls_context is None
-                    ):  # pragma: no cover - the session only offers STARTTLS when configured
+                    if tls_context is None:  # pragma: no cover - STARTTLS is only offered with a context
                         return
+                    _discard_plaintext(reader)
                     await writer.start_tls(tls_context)
                     info = (
                         conn_after_tls(writer) if conn_after_tls else ConnectionInfo(_peer(writer), tls=True)
@@ -122,6 +121,20 @@ async def _idle_until_input(
         for line in await session.poll_updates():
             writer.write(line)
         await writer.drain()
+
+
+def _discard_plaintext(reader: asyncio.StreamReader) -> None:
+    """Drop bytes the StreamReader received in the clear and nobody read yet.
+
+    `StreamWriter.start_tls` leaves them in the reader's buffer, where they would later be read as
+    if they had come through TLS: the STARTTLS command injection of CVE-2011-0411. The parser drops
+    what it already holds (`Session.tls_started`); this drops the rest. asyncio has no public API for
+    it, hence the private attribute, checked so that a change in asyncio fails loudly.
+    """
+    buffer = getattr(reader, "_buffer", None)
+    if not isinstance(buffer, bytearray):  # pragma: no cover - asyncio internals changed
+        raise RuntimeError("cannot discard plaintext before TLS: asyncio.StreamReader changed")
+    buffer.clear()
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:

@@ -797,3 +797,22 @@ async def test_a_100000_message_mailbox(store: MemoryStore) -> None:
     assert (
         await c("e FETCH 1:* UID")
     ) == "* 1 FETCH (UID 1)\r\n* 2 FETCH (UID 100000)\r\ne OK FETCH completed\r\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ('"/Projets"', "empty levels"),
+        ('"a//b"', "empty levels"),
+        ('"a\tb"', "control characters"),
+        ("{3+}\r\na\x01b", "control characters"),
+        ('"x%"', "wildcards"),
+        ('"' + "x" * 501 + '"', "longer than 500"),
+    ],
+)
+async def test_invalid_new_mailbox_names(store: MemoryStore, name: str, reason: str) -> None:
+    c = Client(store)
+    await c.login()
+    await c("e ENABLE UTF8=ACCEPT")  # without it, the mUTF-7 decoder already refuses control characters
+    out = await c(f"a CREATE {name}")
+    assert reason in out, out

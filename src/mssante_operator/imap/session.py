@@ -533,9 +533,7 @@ class Session:
         return out
 
     async def _create(self, cmd: c.Create) -> AsyncIterator[Output]:
-        name = cmd.mailbox.rstrip(DELIMITER)
-        if not name:
-            raise MailboxError("empty mailbox name", Code.CANNOT)
+        name = check_new_name(cmd.mailbox.rstrip(DELIMITER))
         if name.upper() == "INBOX":
             raise MailboxError("INBOX always exists", Code.ALREADYEXISTS)
         uses: list[str] = []
@@ -554,9 +552,10 @@ class Session:
         yield r.tagged(cmd.tag, "OK", "DELETE completed")
 
     async def _rename(self, cmd: c.Rename) -> AsyncIterator[Output]:
-        if cmd.new_name.upper() == "INBOX":
+        new = check_new_name(cmd.new_name.rstrip(DELIMITER))
+        if new.upper() == "INBOX":
             raise MailboxError("cannot rename to INBOX", Code.ALREADYEXISTS)
-        await self.backend.rename(cmd.mailbox, cmd.new_name.rstrip(DELIMITER))
+        await self.backend.rename(cmd.mailbox, new)
         yield r.tagged(cmd.tag, "OK", "RENAME completed")
 
     async def _subscribe(self, cmd: c.Subscribe | c.Unsubscribe) -> AsyncIterator[Output]:
@@ -956,6 +955,24 @@ class Session:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
+
+MAX_NAME_LENGTH = 500  # the store's folder name column
+
+
+def check_new_name(name: str) -> str:
+    """A name for CREATE/RENAME, or a NO [CANNOT] saying what is wrong with it."""
+    if not name:
+        raise MailboxError("empty mailbox name", Code.CANNOT)
+    if len(name) > MAX_NAME_LENGTH:
+        raise MailboxError(f"mailbox name longer than {MAX_NAME_LENGTH} characters", Code.CANNOT)
+    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in name):
+        raise MailboxError("control characters are not allowed in mailbox names", Code.CANNOT)
+    if name.startswith(DELIMITER) or DELIMITER * 2 in name:
+        raise MailboxError("mailbox names cannot have empty levels (leading or double '/')", Code.CANNOT)
+    if any(ch in name for ch in "*%"):
+        raise MailboxError("'*' and '%' are wildcards, not allowed in mailbox names", Code.CANNOT)
+    return name
 
 
 def decode_sasl(mechanism: str, data: bytes) -> Credentials | None:

@@ -816,3 +816,18 @@ async def test_invalid_new_mailbox_names(store: MemoryStore, name: str, reason: 
     await c("e ENABLE UTF8=ACCEPT")  # without it, the mUTF-7 decoder already refuses control characters
     out = await c(f"a CREATE {name}")
     assert reason in out, out
+
+
+async def test_failures_are_logged_without_secrets(store: MemoryStore) -> None:
+    from structlog.testing import capture_logs
+
+    c = Client(store)
+    c.backend.fail_next = RuntimeError("password hunter2 in the message")
+    with capture_logs() as logs:
+        assert (await c("a LOGIN jean hunter2")) == "a NO [SERVERBUG] internal server error\r\n"
+    assert len(logs) == 1
+    entry = logs[0]
+    assert entry["event"] == "imap_command_failed" and entry["error_type"] == "RuntimeError"
+    assert "authenticate" in entry["where"] and entry["command"] == "LOGIN"
+    assert "exc_info" not in entry
+    assert "hunter2" not in repr(entry)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import json
 import re
+import traceback
 from array import array
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -218,9 +219,9 @@ class Session:
             return []
         try:
             return await self._updates(allow_expunge=True)
-        except Exception:
+        except Exception as exc:
             # The next notification or command will try again; IDLE must not die of a store hiccup.
-            log.exception("imap_poll_updates_failed", account=self.account)
+            log_failure("imap_poll_updates_failed", exc, account=self.account)
             return []
 
     def mechanisms(self) -> list[str]:
@@ -297,14 +298,14 @@ class Session:
             yield r.tagged(event.tag, "BAD", exc.reason)
         except MailboxError as exc:
             yield r.tagged(event.tag, "NO", exc.reason, exc.code)
-        except r.StreamSizeError:
+        except r.StreamSizeError as exc:
             # Part of a literal is already out: nothing more can be understood by the client.
-            log.exception("imap_stream_size_mismatch", command=event.name, account=self.account)
+            log_failure("imap_stream_size_mismatch", exc, command=event.name, account=self.account)
             self.state = State.LOGOUT
             yield CloseConnection("internal error while streaming a literal")
-        except Exception:
+        except Exception as exc:
             # A store failure must not kill the connection or leak details to the client.
-            log.exception("imap_command_failed", command=event.name, account=self.account)
+            log_failure("imap_command_failed", exc, command=event.name, account=self.account)
             yield r.tagged(event.tag, "NO", "internal server error", Code.SERVERBUG)
 
     async def _bad(self, event: c.BadCommand) -> AsyncIterator[Output]:
@@ -955,6 +956,17 @@ class Session:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
+
+def log_failure(event: str, exc: BaseException, **fields: object) -> None:
+    """Log an unexpected error by type and code location only.
+
+    Never the exception text or a traceback with locals (structlog's console renderer shows locals):
+    they can hold passwords, tokens or message bodies.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = " < ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in reversed(frames[-6:]))
+    log.error(event, error_type=type(exc).__name__, where=where, **fields)
 
 
 MAX_NAME_LENGTH = 500  # the store's folder name column

@@ -325,3 +325,31 @@ async def test_plaintext_left_in_the_stream_reader_is_dropped_before_tls() -> No
     _discard_plaintext(reader)
     reader.feed_data(b"c NOOP\r\n")
     assert await reader.readline() == b"c NOOP\r\n"
+
+
+async def test_a_command_left_unfinished_times_out(pki: Pki) -> None:
+    store = MemoryStore()
+    store.add_account(USER)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = Session(MemoryBackend(store), ConnectionInfo("127.0.0.1", tls=True))
+        await serve_connection(
+            reader, writer, session, config=DriverConfig(command_timeout=0.5, autologout=30)
+        )
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+
+    def client() -> bytes:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        _read_until(sock, b"\r\n")
+        sock.sendall(b"a LOGIN {100+}\r\nonly part of it")
+        data = _read_until(sock, b"\r\n")
+        sock.close()
+        return data
+
+    try:
+        assert await asyncio.to_thread(client) == b"* BYE command not completed in time\r\n"
+    finally:
+        srv.close()
+        await srv.wait_closed()

@@ -13,7 +13,10 @@ Requirements on an implementation (the session relies on them for correct sequen
 - every change (new message, flag change, expunge) bumps the folder's modseq, and expunged UIDs are
   kept with the modseq of their removal long enough for `changes_since` (tombstones);
 - `fetch` with `mark_seen` sets \\Seen atomically and reports `flags_changed`; with `body_read` it
-  writes the audit record of the body access.
+  writes the audit record of the body access (who, which message, when, from which address and
+  certificate: keep the `ConnectionInfo` given to `authenticate` for that);
+- `authenticate` applies the mailbox type's policy (e.g. no password for PER mailboxes), rate-limits
+  and audits failures; a refusal is an `AuthResult(ok=False, reason=..., code=...)`.
 """
 
 from __future__ import annotations

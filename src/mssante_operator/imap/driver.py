@@ -26,6 +26,7 @@ ChangeWaiter = Callable[[int], Awaitable[None]]
 @dataclass(frozen=True, slots=True)
 class DriverConfig:
     autologout: float = 30 * 60.0  # RFC 9051: at least 30 minutes of inactivity
+    command_timeout: float = 120.0  # a started command (e.g. a literal announced) must complete
     idle_timeout: float = 30 * 60.0
     read_size: int = 64 * 1024
     write_high_water: int = 256 * 1024  # drain only when this much is queued
@@ -51,10 +52,13 @@ async def serve_connection(
             if session.idling and wait_for_change is not None and session.selected_folder is not None:
                 data = await _idle_until_input(session, writer, pending_read, wait_for_change, cfg)
             else:
+                mid = session.parser.mid_command
                 try:
-                    data = await asyncio.wait_for(asyncio.shield(pending_read), cfg.autologout)
+                    timeout = cfg.command_timeout if mid else cfg.autologout
+                    data = await asyncio.wait_for(asyncio.shield(pending_read), timeout)
                 except TimeoutError:
-                    writer.write(r.untagged("BYE", "autologout: idle for too long"))
+                    reason = "command not completed in time" if mid else "autologout: idle for too long"
+                    writer.write(r.untagged("BYE", reason))
                     return
             pending_read = None
             if not data:

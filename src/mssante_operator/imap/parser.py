@@ -167,6 +167,11 @@ class CommandParser:
             yield event
 
     @property
+    def mid_command(self) -> bool:
+        """A command has started but is not complete (partial line, or a literal still to come)."""
+        return bool(self._lines) or self._mode is _Mode.LITERAL or self.buffered > 0
+
+    @property
     def buffered(self) -> int:
         """Bytes received and not yet consumed."""
         return len(self._buf) - self._pos

@@ -353,3 +353,44 @@ async def test_a_command_left_unfinished_times_out(pki: Pki) -> None:
     finally:
         srv.close()
         await srv.wait_closed()
+
+
+async def test_aioimaplib_session_with_idle(server: Server, pki: Pki) -> None:
+    import aioimaplib
+
+    client = aioimaplib.IMAP4_SSL("127.0.0.1", server.tls_port, ssl_context=pki.client_ctx, timeout=10)
+    await client.wait_hello_from_server()
+    assert (await client.login(USER, "secret")).result == "OK"
+    select = await client.select("INBOX")
+    assert select.result == "OK" and b"3 EXISTS" in select.lines
+    fetched = await client.fetch("1:*", "(UID FLAGS)")
+    assert fetched.result == "OK" and fetched.lines[:3] == [
+        b"1 FETCH (UID 1 FLAGS ())",
+        b"2 FETCH (UID 2 FLAGS ())",
+        b"3 FETCH (UID 3 FLAGS ())",
+    ]
+    body = await client.uid("fetch", "2", "(BODY.PEEK[1])")
+    assert body.result == "OK" and bytes(body.lines[1]) == "Glycémie normale.".encode()
+    search = await client.uid_search("TEXT glycémie", charset="utf-8")
+    assert search.result == "OK" and search.lines[0] == b"1 2 3"
+    appended = await client.append(MIXED, mailbox="Sent", flags="(\\Seen)")
+    assert appended.result == "OK" and b"APPENDUID" in appended.lines[-1]
+
+    idle = await client.idle_start(timeout=10)
+    for _ in range(500):  # until the server has entered IDLE
+        if server.sessions[-1].idling:
+            break
+        await asyncio.sleep(0.01)
+    server.store.deliver(USER, MIXED)
+    server.changes.notify(server.store.accounts[USER].folders["INBOX"].id)
+    pushed = await client.wait_server_push(timeout=5)
+    assert pushed == [b"4 EXISTS"]
+    client.idle_done()
+    assert (await asyncio.wait_for(idle, 5)).result == "OK"
+    assert (await client.logout()).result == "OK"
+
+    bearer = aioimaplib.IMAP4_SSL("127.0.0.1", server.tls_port, ssl_context=pki.client_ctx, timeout=10)
+    await bearer.wait_hello_from_server()
+    server.store.accounts[USER].token = b"tok"
+    assert (await bearer.xoauth2(USER, "tok")).result == "OK"  # type: ignore[arg-type]
+    await bearer.logout()

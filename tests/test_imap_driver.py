@@ -26,6 +26,7 @@ from mssante_operator.imap.driver import DriverConfig, serve_connection
 from mssante_operator.imap.session import Session, SessionConfig
 
 USER = "jean.dupont@hopital-a.mssante.fr"
+CA_FILE: Path | None = None  # set by the pki fixture, for external clients
 MIXED = (
     b"From: labo@labo-c.mssante.fr\r\nTo: jean.dupont@hopital-a.mssante.fr\r\nSubject: =?UTF-8?Q?R=C3=A9sultats?=\r\n"
     b"Date: Mon, 6 Jan 2025 10:00:00 +0100\r\nMessage-ID: <r1@labo-c>\r\nMIME-Version: 1.0\r\n"
@@ -58,7 +59,10 @@ def _cert(subject: str, issuer: str, key: ec.EllipticCurvePrivateKey, signer: ec
     )  # fmt: skip
     if san:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
         )
     return builder.sign(signer, hashes.SHA256())
 
@@ -77,6 +81,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = _cert("Test CA", "Test CA", ca_key, ca_key, ca=True)
     (d / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    global CA_FILE
+    CA_FILE = d / "ca.crt"
     srv_key, cli_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     srv = _pem(d / "server", _cert("imap.test", "Test CA", srv_key, ca_key, san=True), srv_key)
     cli = _pem(d / "client", _cert("Dr Dupont", "Test CA", cli_key, ca_key), cli_key)
@@ -394,3 +400,95 @@ async def test_aioimaplib_session_with_idle(server: Server, pki: Pki) -> None:
     server.store.accounts[USER].token = b"tok"
     assert (await bearer.xoauth2(USER, "tok")).result == "OK"  # type: ignore[arg-type]
     await bearer.logout()
+
+
+MBSYNC_CONFIG = """IMAPAccount test
+Host localhost
+Port {port}
+User {user}
+Pass secret
+SSLType IMAPS
+CertificateFile {ca}
+AuthMechs LOGIN
+
+IMAPStore remote
+Account test
+
+MaildirStore local
+Path {maildir}/
+Inbox {maildir}/INBOX
+SubFolders Verbatim
+
+Channel sync
+Far :remote:
+Near :local:
+Patterns *
+Create Both
+Expunge Both
+SyncState *
+Sync All
+"""
+
+
+async def _mbsync(config: Path) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        "mbsync", "-c", str(config), "-a", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    text = out.decode("utf-8", "replace")
+    assert proc.returncode == 0, text
+    return text
+
+
+def _maildir_messages(folder: Path) -> dict[str, bytes]:
+    """Messages of a Maildir folder, in IMAP form: mbsync stores LF line ends and adds X-TUID."""
+    out = {}
+    for sub in ("cur", "new"):
+        for path in sorted((folder / sub).glob("*")):
+            lines = path.read_bytes().split(b"\n")
+            out[path.name] = b"\r\n".join(line for line in lines if not line.startswith(b"X-TUID: "))
+    return out
+
+
+async def test_mbsync_syncs_both_ways(server: Server, pki: Pki, tmp_path: Path) -> None:
+    maildir = tmp_path / "mail"
+    maildir.mkdir()
+    config = tmp_path / "mbsyncrc"
+    config.write_text(MBSYNC_CONFIG.format(port=server.tls_port, user=USER, ca=CA_FILE, maildir=maildir))
+    inbox = server.store.accounts[USER].folders["INBOX"]
+
+    # 1. Pull: every folder is created locally, messages arrive byte for byte.
+    await _mbsync(config)
+    local = _maildir_messages(maildir / "INBOX")
+    assert sorted(local.values()) == sorted(m.raw for m in inbox.messages.values())
+    for name in ("Sent", "Drafts", "Trash", "Junk", "Archive"):
+        assert (maildir / name / "cur").is_dir()
+
+    # 2. Push: a flag set locally, a message deleted locally, a message written locally.
+    names = sorted(local)
+    cur = maildir / "INBOX" / "cur"
+    first = next(p for p in (maildir / "INBOX").rglob("*") if p.name == names[0])
+    first.rename(cur / (first.name.split(":2,")[0] + ":2,FS"))
+    second = next(p for p in (maildir / "INBOX").rglob("*") if p.name == names[1])
+    second.unlink()
+    new_message = MIXED.replace(b"<r1@", b"<local@").replace(b"R=C3=A9sultats", b"Brouillon")
+    (maildir / "INBOX" / "new" / "1700000000.1.local").write_bytes(new_message)
+    await _mbsync(config)
+    flags = sorted(tuple(sorted(m.flags)) for m in inbox.messages.values())
+    assert ("\\Flagged", "\\Seen") in flags
+    assert len(inbox.messages) == 3  # one deleted, one added
+    uploaded = [m.raw for m in inbox.messages.values() if b"<local@" in m.raw]
+    assert len(uploaded) == 1
+    # mbsync sends CRLF and tags the message with X-TUID to find its UID; the rest is the message.
+    assert b"\r\n".join(x for x in uploaded[0].split(b"\r\n") if not x.startswith(b"X-TUID: ")) == new_message
+
+    # 3. Pull again: mail delivered on the server meanwhile, and a flag changed there.
+    server.store.deliver(USER, MIXED.replace(b"<r1@", b"<late@"))
+    some = min(inbox.messages)
+    inbox.messages[some].flags.add("\\Answered")
+    inbox.messages[some].modseq = inbox.bump()
+    await _mbsync(config)
+    local = _maildir_messages(maildir / "INBOX")
+    assert len(local) == 4
+    assert any(b"<late@" in body for body in local.values())
+    assert any(":2," in name and "R" in name.split(":2,")[1] for name in local)

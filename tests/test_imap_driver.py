@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import imaplib
 import ipaddress
@@ -492,3 +493,67 @@ async def test_mbsync_syncs_both_ways(server: Server, pki: Pki, tmp_path: Path) 
     assert len(local) == 4
     assert any(b"<late@" in body for body in local.values())
     assert any(":2," in name and "R" in name.split(":2,")[1] for name in local)
+
+
+MUTTRC = """set folder = "imaps://{user}@localhost:{port}/"
+set spoolfile = "+INBOX"
+set imap_pass = "secret"
+set ssl_ca_certificates_file = "{ca}"
+set ssl_verify_host = yes
+set header_cache = ""
+set message_cachedir = ""
+set imap_check_subscribed = no
+set mail_check_stats = no
+set sort = date
+set confirmappend = no
+set wait_key = no
+set help = no
+"""
+
+
+async def _tmux(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        "tmux", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    return out.decode("utf-8", "replace")
+
+
+async def _screen_until(session: str, text: str, seconds: float = 20) -> str:
+    screen = ""
+    for _ in range(int(seconds * 10)):
+        screen = await _tmux("capture-pane", "-p", "-t", session)
+        if text in screen:
+            return screen
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{text!r} never appeared on the screen:\n{screen}")
+
+
+async def test_neomutt_reads_a_message_and_saves_its_ihe_xdm_attachment(
+    server: Server, pki: Pki, tmp_path: Path
+) -> None:
+    muttrc = tmp_path / "muttrc"
+    muttrc.write_text(MUTTRC.format(user=USER.replace("@", "%40"), port=server.tls_port, ca=CA_FILE))
+    saved = tmp_path / "IHE_XDM.ZIP"
+    session = f"neomutt-{server.tls_port}"
+    await _tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "40",
+                f"HOME={tmp_path} TERM=xterm neomutt -n -F {muttrc}")  # fmt: skip
+    try:
+        await _screen_until(session, "Résultats")  # the index, with the encoded-word subject decoded
+        await _tmux("send-keys", "-t", session, "Enter")  # open the first message
+        screen = await _screen_until(session, "Glycémie normale.")
+        assert "labo@labo-c.mssante.fr" in screen
+        await _tmux("send-keys", "-t", session, "v")  # the attachment menu, built from BODYSTRUCTURE
+        screen = await _screen_until(session, "IHE_XDM.ZIP")
+        assert "zip, base64" in screen and "text/plain, 7bit, utf-8" in screen
+        await _tmux("send-keys", "-t", session, "j", "s")  # the second attachment, save
+        await _screen_until(session, "Save to file")
+        await _tmux("send-keys", "-t", session, "C-u", str(saved), "Enter")
+        for _ in range(100):
+            if saved.exists() and saved.stat().st_size:
+                break
+            await asyncio.sleep(0.1)
+        assert saved.read_bytes() == base64.b64decode("UEsDBBQAAAAIAA==")
+        assert any(audit[2] == 1 for audit in server.store.audit)  # the body read was audited
+    finally:
+        await _tmux("kill-session", "-t", session)

@@ -831,3 +831,14 @@ async def test_failures_are_logged_without_secrets(store: MemoryStore) -> None:
     assert "authenticate" in entry["where"] and entry["command"] == "LOGIN"
     assert "exc_info" not in entry
     assert "hunter2" not in repr(entry)
+
+
+async def test_list_shows_missing_parents_as_noselect(store: MemoryStore) -> None:
+    c = Client(store)
+    await c.login()
+    await c("a CREATE Projets/2025/Janvier")
+    assert (await c('b LIST "" %')).count('"Projets"') == 1
+    assert '* LIST (\\HasChildren \\Noselect) "/" "Projets"' in await c('c LIST "" %')
+    assert '* LIST (\\HasChildren \\Noselect) "/" "Projets/2025"' in await c('d LIST "" Projets/%')
+    assert '* LIST (\\HasNoChildren) "/" "Projets/2025/Janvier"' in await c('e LIST "" Projets/2025/%')
+    assert (await c("f SELECT Projets")).startswith("f NO [NONEXISTENT]")

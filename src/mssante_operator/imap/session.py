@@ -29,6 +29,7 @@ from mssante_operator.imap.backend import (
     ConnectionInfo,
     Credentials,
     FetchRequest,
+    FolderInfo,
     MailboxBackend,
     MailboxError,
     MessageData,
@@ -572,7 +573,7 @@ class Session:
             yield r.list_response(["\\Noselect"], DELIMITER, "", utf8=self.utf8)
             yield r.tagged(cmd.tag, "OK", "LIST completed")
             return
-        folders = await self.backend.list_folders()
+        folders = _with_implied_parents(await self.backend.list_folders())
         matchers = [_pattern(cmd.reference, p) for p in cmd.patterns if p]
         names = [f.name for f in folders]
         subscribed_only = "SUBSCRIBED" in cmd.selection
@@ -1063,6 +1064,21 @@ def _pattern(reference: str, pattern: str) -> Callable[[str], bool]:
         return bool(compiled.match(name))
 
     return match
+
+
+def _with_implied_parents(folders: Sequence[FolderInfo]) -> list[FolderInfo]:
+    """Add the missing ancestors of nested folders ("a" for "a/b") as \\Noselect entries, so that a
+    client browsing level by level with "%" finds every folder."""
+    names = {f.name for f in folders}
+    out = list(folders)
+    for folder in folders:
+        parts = folder.name.split(DELIMITER)
+        for depth in range(1, len(parts)):
+            parent = DELIMITER.join(parts[:depth])
+            if parent not in names:
+                names.add(parent)
+                out.append(FolderInfo(parent, subscribed=False, selectable=False))
+    return out
 
 
 def _inbox_first(folders: Sequence[Any]) -> list[Any]:

@@ -304,7 +304,8 @@ ERRORS: list[tuple[bytes, str | None, str]] = [
     (b'a1 APPEND INBOX "31-Feb-2024 10:00:00 +0000" {3+}\r\nabc', "a1", "invalid date-time: day is out of range"),
     (b'a1 APPEND INBOX "01-Foo-2024 10:00:00 +0000" {3+}\r\nabc', "a1", "invalid month 'Foo'"),
     (b"a1 APPEND INBOX {3+}\r\nabc {3+}\r\ndef", "a1", "MULTIAPPEND is not supported"),
-    (b"a1 APPEND INBOX UTF8 (~{3+}\r\nabc)", "a1", "APPEND UTF8 is not supported"),
+    (b"a1 APPEND INBOX UTF8 (~{3+}\r\nabc)", "a1", "APPEND UTF8 needs ENABLE UTF8=ACCEPT first"),
+    (b"a1 APPEND INBOX CATENATE (TEXT {3+}\r\nabc)", "a1", "APPEND CATENATE is not supported"),
     (b"a1 LOGIN ~{3+}\r\nabc x", "a1", "literal8"),
     (b"a1 LOGIN {3+} x", "a1", "a literal must end its line"),
     (b"a1 LOGIN {-3} x", "a1", "cannot be negative"),
@@ -930,3 +931,13 @@ def test_rejecting_a_literal_discards_the_sink() -> None:
     assert p.next_event() is NEED_DATA
     p.reject_literal()
     assert sinks[0].discarded
+
+
+def test_append_utf8_once_enabled() -> None:
+    p = CommandParser()
+    p.utf8 = True
+    p.feed("a APPEND INBOX (\\Seen) UTF8 (~{13+}\r\nSubject: é\r\n)\r\n".encode())
+    assert p.next_event() == c.Append("a", "INBOX", ("\\Seen",), None, "Subject: é\r\n".encode(), 13, True)
+    p.feed(b"b APPEND INBOX UTF8 (~{1+}\r\nx\r\n")
+    event = p.next_event()
+    assert isinstance(event, c.BadCommand) and "to close the UTF8 message" in event.reason

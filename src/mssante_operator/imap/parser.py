@@ -942,15 +942,25 @@ def _append(r: _Reader, tag: str, uid: bool) -> c.Command:
     if r.peek() == 0x22:
         date = r.date_time()
         r.sp("the message")
+    utf8 = r.peek_keyword() == "UTF8"
+    if utf8:
+        # RFC 6855: `UTF8 (literal8)`, a message with UTF-8 headers, once UTF8=ACCEPT is enabled.
+        if not r.utf8:
+            raise r.fail("APPEND UTF8 needs ENABLE UTF8=ACCEPT first")
+        r.pos += 4
+        r.sp("the UTF8 message")
+        r.expect(0x28, "to open the UTF8 message")
+    elif r.peek_keyword() == "CATENATE":
+        raise r.fail("APPEND CATENATE is not supported")
     b = r.peek()
-    if r.peek_keyword() == "UTF8" or r.peek_keyword() == "CATENATE":
-        raise r.fail(f"APPEND {r.peek_keyword()} is not supported")
     if b != 0x7B and not (b == 0x7E and r.peek2() == 0x7B):
         raise r.fail(f"the APPEND message must be a literal, found {_show(b)}")
     binary = b == 0x7E
     marker = _MARKER.match(r.line[r.pos :])
     size = int(marker.group(2)) if marker else 0
     message = r.literal(allow8=True)
+    if utf8:
+        r.expect(0x29, "to close the UTF8 message")
     if not r.at_end():
         raise r.fail("MULTIAPPEND is not supported: one message per APPEND")
     return c.Append(tag, mailbox, flags, date, message, size, binary)

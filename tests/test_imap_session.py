@@ -842,3 +842,24 @@ async def test_list_shows_missing_parents_as_noselect(store: MemoryStore) -> Non
     assert '* LIST (\\HasChildren \\Noselect) "/" "Projets/2025"' in await c('d LIST "" Projets/%')
     assert '* LIST (\\HasNoChildren) "/" "Projets/2025/Janvier"' in await c('e LIST "" Projets/2025/%')
     assert (await c("f SELECT Projets")).startswith("f NO [NONEXISTENT]")
+
+
+async def test_store_failures_in_sasl_and_idle_continuations(
+    store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = Client(store)
+    await c("a AUTHENTICATE PLAIN")
+    c.backend.fail_next = RuntimeError("down")
+    good = base64.b64encode(b"\0jean.dupont@hopital-a.mssante.fr\0secret").decode()
+    assert (await c(good)) == "a NO [SERVERBUG] internal server error\r\n"
+    assert (await c("b NOOP")) == "b OK NOOP completed\r\n"
+    await c.login()
+    await c("s SELECT INBOX")
+    await c("i IDLE")
+
+    async def broken(folder_id: int, modseq: int) -> object:
+        raise RuntimeError("down")
+
+    monkeypatch.setattr(c.backend, "changes_since", broken)
+    assert (await c("DONE")) == "i NO [SERVERBUG] internal server error\r\n"
+    assert not c.session.idling

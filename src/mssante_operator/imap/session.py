@@ -256,6 +256,33 @@ class Session:
     # ------------------------------------------------------------------------------ dispatch
 
     async def handle(self, event: Event) -> AsyncIterator[Output]:
+        """Everything to send for one parser event; store failures become `NO`, never exceptions."""
+        if isinstance(event, c.Command):
+            tag: str | None = event.tag
+        elif isinstance(event, c.Done):
+            tag = self._idle_tag
+        else:
+            tag = getattr(event, "tag", None)
+        name = event.name if isinstance(event, c.Command) else type(event).__name__
+        try:
+            async for out in self._handle(event):
+                yield out
+        except _Bad as exc:
+            yield r.tagged(tag or "*", "BAD", exc.reason)
+        except MailboxError as exc:
+            yield r.tagged(tag or "*", "NO", exc.reason, exc.code)
+        except r.StreamSizeError as exc:
+            # Part of a literal is already out: nothing more can be understood by the client.
+            log_failure("imap_stream_size_mismatch", exc, command=name, account=self.account)
+            self.state = State.LOGOUT
+            yield CloseConnection("internal error while streaming a literal")
+        except Exception as exc:
+            # A store failure must not kill the connection or leak details to the client.
+            log_failure("imap_command_failed", exc, command=name, account=self.account)
+            self._sasl = None
+            yield r.tagged(tag or "*", "NO", "internal server error", Code.SERVERBUG)
+
+    async def _handle(self, event: Event) -> AsyncIterator[Output]:
         if isinstance(event, c.BadCommand):
             async for out in self._bad(event):
                 yield out
@@ -291,23 +318,8 @@ class Session:
                 yield CloseConnection("too many invalid commands")
             return
         self._bad_count = 0
-        handler = _DISPATCH[type(event)]
-        try:
-            async for out in handler(self, event):
-                yield out
-        except _Bad as exc:
-            yield r.tagged(event.tag, "BAD", exc.reason)
-        except MailboxError as exc:
-            yield r.tagged(event.tag, "NO", exc.reason, exc.code)
-        except r.StreamSizeError as exc:
-            # Part of a literal is already out: nothing more can be understood by the client.
-            log_failure("imap_stream_size_mismatch", exc, command=event.name, account=self.account)
-            self.state = State.LOGOUT
-            yield CloseConnection("internal error while streaming a literal")
-        except Exception as exc:
-            # A store failure must not kill the connection or leak details to the client.
-            log_failure("imap_command_failed", exc, command=event.name, account=self.account)
-            yield r.tagged(event.tag, "NO", "internal server error", Code.SERVERBUG)
+        async for out in _DISPATCH[type(event)](self, event):
+            yield out
 
     async def _bad(self, event: c.BadCommand) -> AsyncIterator[Output]:
         self._bad_count += 1

@@ -863,3 +863,15 @@ async def test_store_failures_in_sasl_and_idle_continuations(
     monkeypatch.setattr(c.backend, "changes_since", broken)
     assert (await c("DONE")) == "i NO [SERVERBUG] internal server error\r\n"
     assert not c.session.idling
+
+
+async def test_repeated_authentication_failures_close_the_connection(store: MemoryStore) -> None:
+    c = Client(store)
+    await c("a LOGIN jean.dupont@hopital-a.mssante.fr wrong")
+    await c("b LOGIN jean.dupont@hopital-a.mssante.fr wrong")
+    out = await c("c LOGIN jean.dupont@hopital-a.mssante.fr wrong")
+    assert (
+        out
+        == "c NO [AUTHENTICATIONFAILED] invalid credentials\r\n* BYE too many failed authentication attempts\r\n"
+    )
+    assert c.actions == [CloseConnection("too many failed authentication attempts")]

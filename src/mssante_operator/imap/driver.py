@@ -15,7 +15,7 @@ from typing import Any
 
 from mssante_operator.imap import response as r
 from mssante_operator.imap.backend import ConnectionInfo
-from mssante_operator.imap.session import CloseConnection, Session, UpgradeTLS
+from mssante_operator.imap.session import CloseConnection, Session, State, UpgradeTLS
 
 __all__ = ["DriverConfig", "serve_connection"]
 
@@ -82,6 +82,8 @@ async def serve_connection(
                 elif isinstance(out, CloseConnection):
                     return
             await writer.drain()
+            if session.state is State.LOGOUT:
+                return
     except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
         return
     finally:

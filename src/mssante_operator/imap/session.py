@@ -85,6 +85,7 @@ class SessionConfig:
     bearer_mechanisms: tuple[str, ...] = ("OAUTHBEARER", "XOAUTH2")
     append_limit: int = 64 * 1024 * 1024
     max_bad_commands: int = 10
+    max_auth_failures: int = 3  # per connection; the backend rate-limits across connections
     server_name: str = "mssante-operator"
     version: str = "0.1.0"
 
@@ -182,6 +183,7 @@ class Session:
         self._sasl: _Sasl | None = None
         self._idle_tag: str | None = None
         self._bad_count = 0
+        self._auth_failures = 0
 
     # ------------------------------------------------------------------------------ driver API
 
@@ -462,9 +464,14 @@ class Session:
     async def _finish_auth(self, tag: str, creds: Credentials) -> AsyncIterator[Output]:
         result = await self.backend.authenticate(creds, self.conn)
         if not result.ok or not result.account:
+            self._auth_failures += 1
             yield r.tagged(
                 tag, "NO", result.reason or "authentication failed", result.code or Code.AUTHENTICATIONFAILED
             )
+            if self._auth_failures >= self.config.max_auth_failures:
+                yield r.untagged("BYE", "too many failed authentication attempts")
+                self.state = State.LOGOUT
+                yield CloseConnection("too many failed authentication attempts")
             return
         self.state = State.AUTHENTICATED
         self.account = result.account

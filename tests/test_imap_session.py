@@ -875,3 +875,14 @@ async def test_repeated_authentication_failures_close_the_connection(store: Memo
         == "c NO [AUTHENTICATIONFAILED] invalid credentials\r\n* BYE too many failed authentication attempts\r\n"
     )
     assert c.actions == [CloseConnection("too many failed authentication attempts")]
+
+
+async def test_oauthbearer_failure_at_the_limit_closes_without_a_challenge(store: MemoryStore) -> None:
+    c = Client(store, TLS, SessionConfig(max_auth_failures=1))
+    bad = base64.b64encode(b"n,,\x01auth=Bearer nope\x01\x01").decode()
+    out = await c(f"a AUTHENTICATE OAUTHBEARER {bad}")
+    assert (
+        out
+        == "a NO [AUTHENTICATIONFAILED] invalid credentials\r\n* BYE too many failed authentication attempts\r\n"
+    )
+    assert isinstance(c.actions[-1], CloseConnection)

@@ -27,16 +27,18 @@ def test_init_is_idempotent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     key = tmp_path / "var" / "master.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_bytes()) == 32
     cert = (tmp_path / "certs" / "dev" / "server.crt").read_bytes()
-    listed = runner.invoke(app, ["mailbox", "list"], env={"COLUMNS": "200"})
-    assert listed.output.count("hopital-demo.mssante.test") == 3
+    listed = runner.invoke(app, ["mailbox", "list"])
+    assert listed.output.count(" active ") == 3
 
     second = runner.invoke(app, ["init"])
     assert second.exit_code == 0, second.output
     assert "master key kept" in second.output
     assert "added" not in second.output and "created" not in second.output
     assert (tmp_path / "certs" / "dev" / "server.crt").read_bytes() == cert
-    again = runner.invoke(app, ["mailbox", "list"], env={"COLUMNS": "200"})
-    assert again.output.count("hopital-demo.mssante.test") == 3
+    again = runner.invoke(app, ["mailbox", "list"])
+    assert again.output.count(" active ") == 3
+    trust = runner.invoke(app, ["trust", "show", "hopital-demo.mssante.test"])
+    assert trust.exit_code == 0 and "mail.hopital-demo.mssante.test" in trust.output
 
 
 def test_init_refuses_a_bad_demo_mailbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -68,6 +68,13 @@ class Instance:
     def upgrade(self) -> None:
         result = self.cli("db", "upgrade")
         assert result.returncode == 0, result.stderr
+        # A serving operator needs a trust list; without one /healthz says failing.
+        sample = self.root / "trust.xml"
+        pair = "test.mssante.test:CN=mail.test.mssante.test,O=Test,C=FR"
+        result = self.cli("trust", "generate-sample", "--out", str(sample), "-d", pair)
+        assert result.returncode == 0, result.stderr
+        result = self.cli("trust", "import", str(sample))
+        assert result.returncode == 0, result.stderr
 
     def serve(self) -> ServeProcess:
         proc = ServeProcess(self.config, self.port, self.root).start()
@@ -158,7 +165,7 @@ def test_metrics_endpoint_parses(sqlite_instance: Instance) -> None:
     assert "process_resident_memory_bytes" in families or "process_cpu_seconds" in families
     assert "python_info" in families
     health = {labels["check"]: value for _, labels, value in families["mssante_health_status"]}
-    assert health == {"store": 0.0, "migrations": 0.0, "certificates": 0.0}
+    assert health == {"store": 0.0, "migrations": 0.0, "certificates": 0.0, "trust_list": 0.0}
     # The names the SMTP/IMAP sides increment are exported (with no samples yet for labelled ones).
     for family in (
         "mssante_messages_received",

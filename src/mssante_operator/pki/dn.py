@@ -298,7 +298,9 @@ def parse_dn(text: str) -> RdnSequence:
     """
     if not isinstance(text, str):
         raise DnSyntaxError(f"a DN must be a string, got {type(text).__name__}")
-    stripped = text.strip()
+    # Only leading space: a trailing one may be escaped ("/CN=x\\ "), and the parser drops
+    # unescaped trailing spaces itself.
+    stripped = text.lstrip()
     if stripped.startswith("/"):
         rdns: list[Rdn] = []
         for part in _split_slash_form(stripped):

@@ -13,6 +13,7 @@ from cryptography import x509
 from mssante_operator.audit import AuditEvent, AuditLog
 from mssante_operator.config import Settings
 from mssante_operator.ops.logging import get_logger
+from mssante_operator.ops.metrics import Metrics
 from mssante_operator.ops.service import ServiceBase
 from mssante_operator.pki import CertificateValidator, PkiLoadError, RefusalReason, Usage
 from mssante_operator.relay.dsn import DsnAction, DsnRecipient, DsnReport, build_dsn, should_notify
@@ -172,15 +173,28 @@ def smtp_audit_event(event: SmtpAuditEvent) -> AuditEvent:
 
 
 class AuditAdapter:
-    """`smtp.ports.AuditSink` over the process's `AuditLog`."""
+    """`smtp.ports.AuditSink` over the process's `AuditLog`; also counts messages for /metrics."""
 
-    def __init__(self, audit: AuditLog) -> None:
+    def __init__(self, audit: AuditLog, metrics: Metrics | None = None) -> None:
         self._audit = audit
+        self._metrics = metrics
+
+    def _count(self, event: SmtpAuditEvent) -> None:
+        if self._metrics is None:
+            return
+        if event.event in ("message.accepted", "message.refused") and event.stage == "data":
+            self._metrics.messages_received.labels(event.listener, event.outcome).inc()
+            if event.outcome == "accepted" and event.size is not None:
+                self._metrics.message_size_bytes.labels(event.listener).observe(event.size)
+        elif event.event == "tls.refused":
+            self._metrics.tls_handshake_failures.labels(event.listener, event.reason[:40]).inc()
 
     def record(self, event: SmtpAuditEvent) -> None:
+        self._count(event)
         self._audit.record(smtp_audit_event(event))
 
     async def record_durable(self, event: SmtpAuditEvent) -> None:
+        self._count(event)
         await self._audit.record_durable(smtp_audit_event(event))
 
 
@@ -250,10 +264,11 @@ class OutboundTrust:
 
 
 class AuditRelayObserver:
-    """Every recipient outcome of a relay attempt goes to the audit trail."""
+    """Every recipient outcome of a relay attempt goes to the audit trail and to /metrics."""
 
-    def __init__(self, audit: AuditLog) -> None:
+    def __init__(self, audit: AuditLog, metrics: Metrics | None = None) -> None:
         self._audit = audit
+        self._metrics = metrics
 
     def recipient_outcome(
         self, item: QueueItem, recipient: QueuedRecipient, result: RecipientResult, peer: str | None
@@ -263,6 +278,8 @@ class AuditRelayObserver:
             RecipientStatus.DEFERRED: ("message.deferred", "failure"),
             RecipientStatus.FAILED: ("message.bounced", "refused"),
         }.get(result.status, ("message.deferred", "failure"))
+        if self._metrics is not None:
+            self._metrics.messages_relayed.labels(event.removeprefix("message.")).inc()
         self._audit.record(
             AuditEvent(
                 event=event,

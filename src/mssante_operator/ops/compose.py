@@ -126,7 +126,9 @@ def build_application(settings: Settings, config_path: Path | None = None) -> Ap
         audit = components.audit
         dsn = DsnSender(mailstore)
         if settings.relay.enabled:
-            relay = _relay_worker(settings, components.sessions, mailstore, trust_store, holder, dsn, audit)
+            relay = _relay_worker(
+                settings, components.sessions, mailstore, trust_store, holder, dsn, audit, components.metrics
+            )
             dsn.on_queued = relay.wake
             app.add_service(relay)
         if settings.smtp_inbound.enabled:
@@ -135,7 +137,7 @@ def build_application(settings: Settings, config_path: Path | None = None) -> Ap
                 trust=InboundTrust(trust_store),
                 directory=StoreRecipients(mailstore),
                 sink=StoreSink(mailstore, dsn, settings.instance.hostname),
-                audit=AuditAdapter(audit),
+                audit=AuditAdapter(audit, components.metrics),
             )
             app.add_service(InboundSmtpService(settings, ports, _inbound_tls_context))
             wired.add("smtp_inbound")
@@ -174,6 +176,7 @@ def _relay_worker(
     validator: ValidatorHolder,
     dsn: DsnSender,
     audit: AuditLog,
+    metrics: Metrics,
 ) -> RelayWorker:
     pki = settings.pki
 
@@ -193,7 +196,7 @@ def _relay_worker(
         hostname=settings.instance.hostname,
         transport_map=settings.relay.transport,
         schedule=schedule_from_settings(settings.relay),
-        observer=AuditRelayObserver(audit),
+        observer=AuditRelayObserver(audit, metrics),
         concurrency=settings.relay.concurrency,
         poll_interval=settings.relay.poll_interval_seconds,
         command_timeout=settings.relay.command_timeout_seconds,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+import mssante_operator.directory.models  # noqa: F401  (directory tables)
 from mssante_operator.store.models import Base
 
 target_metadata = Base.metadata

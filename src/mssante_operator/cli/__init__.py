@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from mssante_operator import __version__
-from mssante_operator.cli import config_cmd, db_cmd
+from mssante_operator.cli import config_cmd, db_cmd, directory_cmd
 from mssante_operator.cli.common import CliState
 
 app = typer.Typer(
@@ -17,6 +17,7 @@ app = typer.Typer(
 )
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(db_cmd.app, name="db")
+app.add_typer(directory_cmd.app, name="directory")
 
 
 def _version(value: bool) -> None:

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from mssante_operator.config.models import (
     AuditSettings,
     DemoSettings,
+    DirectorySettings,
     ImapSettings,
     InstanceSettings,
     LoggingSettings,
@@ -53,6 +54,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     policy: PolicySettings = PolicySettings()
     demo: DemoSettings = DemoSettings()
+    directory: DirectorySettings = DirectorySettings()
 
     @classmethod
     def settings_customise_sources(

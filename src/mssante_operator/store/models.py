@@ -227,3 +227,8 @@ class AuditRecord(Base):
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+# Tables owned by other packages share this metadata; importing them here lets alembic and the
+# drift test see every table whenever the store's models are loaded.
+import mssante_operator.directory.models  # noqa: E402, F401

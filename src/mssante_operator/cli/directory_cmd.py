@@ -86,7 +86,8 @@ async def _check_schema(engine: Any) -> None:
     schema = await schema_state(engine)
     if not schema.is_current:
         fail(
-            f"store schema at {schema.current or 'empty'}, newest is {schema.head}: run `mssante-operator db upgrade`"
+            f"store schema at {schema.current or 'empty'}, newest is {schema.head}: "
+            "run `mssante-operator db upgrade`"
         )
 
 

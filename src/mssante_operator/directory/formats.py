@@ -265,7 +265,7 @@ def resolve_columns(header: Sequence[str], spec: Sequence[ColumnSpec]) -> dict[s
         elif column.required:
             missing.append(column.label)
     if missing:
-        names = ", ".join(repr(m) for m in missing)
+        names = ", ".join(f"'{m}'" for m in missing)
         raise HeaderError(f"missing required column{'s' if len(missing) > 1 else ''} {names}")
     return found
 
@@ -298,8 +298,9 @@ class _Parser:
         self._cache: dict[tuple[str, ...], str] = {}
 
     def _label(self, field: str) -> str:
+        """The column's name as this file spells it, quoted for messages."""
         index = self.index.get(field)
-        return self.header[index] if index is not None else field
+        return f"'{self.header[index] if index is not None else field}'"
 
     def _values(self, fields: list[str]) -> list[str]:
         fields.append("")
@@ -308,7 +309,7 @@ class _Parser:
             for column, value in zip(self.spec, values, strict=True):
                 if len(value) > column.limit:
                     raise RowError(
-                        f"column {self._label(column.field)!r} is longer than {column.limit} characters "
+                        f"column {self._label(column.field)} is longer than {column.limit} characters "
                         f"({len(value)})"
                     )
         return values
@@ -341,13 +342,13 @@ class ActivityParser(_Parser):
                 national_id = "0" + parse_adeli(id_pp)
             else:
                 raise RowError(
-                    f"column {self._label('id_type')!r}: {id_type!r} is neither 8 (RPPS) nor 0 (ADELI)"
+                    f"column {self._label('id_type')}: {id_type!r} is neither 8 (RPPS) nor 0 (ADELI)"
                 )
         except InvalidIdentifier as exc:
-            raise RowError(f"column {self._label('id_pp')!r}: {exc}") from None
+            raise RowError(f"column {self._label('id_pp')}: {exc}") from None
         if given and given.upper() != national_id:
             raise RowError(
-                f"column {self._label('national_id')!r}: {given!r} does not match the identifier "
+                f"column {self._label('national_id')}: {given!r} does not match the identifier "
                 f"type and number (expected {national_id!r})"
             )
         return self._memo(key, national_id)
@@ -362,7 +363,7 @@ class ActivityParser(_Parser):
         try:
             value = "1" + parse_finess(finess) if finess else "3" + parse_siret(siret)
         except InvalidIdentifier as exc:
-            raise RowError(f"column {self._label('finess' if finess else 'siret')!r}: {exc}") from None
+            raise RowError(f"column {self._label('finess' if finess else 'siret')}: {exc}") from None
         return self._memo(key, value)
 
     def _search_key(self, last: str, first: str) -> str:
@@ -380,7 +381,7 @@ class ActivityParser(_Parser):
         ) = self._values(fields)  # fmt: skip
         national_id = self._national_id(id_type, id_pp, given)
         if not last_name:
-            raise RowError(f"column {self._label('last_name')!r} is empty")
+            raise RowError(f"column {self._label('last_name')} is empty")
         return PractitionerRow(
             national_id,
             national_id[0],
@@ -440,11 +441,11 @@ class MailboxParser(_Parser):
         ) = self._values(fields)  # fmt: skip
         bal_type = bal_type.upper()
         if bal_type not in _MAILBOX_TYPES:
-            raise RowError(f"column {self._label('type')!r}: {bal_type!r} is not one of PER, ORG, APP, CAB")
+            raise RowError(f"column {self._label('type')}: {bal_type!r} is not one of PER, ORG, APP, CAB")
         try:
             address = normalise_address(raw_address)
         except InvalidAddress as exc:
-            raise RowError(f"column {self._label('address')!r}: {exc}") from None
+            raise RowError(f"column {self._label('address')}: {exc}") from None
         national_id: str | None = None
         if not raw_nid and id_type in {"0", "8"} and id_pp:
             raw_nid = id_type + id_pp
@@ -452,15 +453,15 @@ class MailboxParser(_Parser):
             try:
                 national_id = parse_national_person_id(raw_nid).value
             except InvalidIdentifier as exc:
-                raise RowError(f"column {self._label('national_id')!r}: {exc}") from None
+                raise RowError(f"column {self._label('national_id')}: {exc}") from None
         structure_id: str | None = None
         if ident:
             try:
                 structure_id = structure_id_from(structure_type, ident)
             except InvalidIdentifier as exc:
-                raise RowError(f"column {self._label('structure')!r}: {exc}") from None
+                raise RowError(f"column {self._label('structure')}: {exc}") from None
         if bal_type == "PER" and national_id is None:
-            raise RowError(f"PER mailbox {address} has no {self._label('national_id')!r}")
+            raise RowError(f"PER mailbox {address} has no {self._label('national_id')}")
         if national_id is None and structure_id is None:
             raise RowError(f"{bal_type} mailbox {address} has neither a structure id nor a national id")
         structure_name = structure_name or sign

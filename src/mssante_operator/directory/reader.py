@@ -194,11 +194,13 @@ class ExtractionReader:
             if "\x00" in text:
                 yield Rejection(line_no, "line contains a NUL character")
                 continue
-            if text.endswith("|"):
-                text = text[:-1]
             fields = text.split("|")
+            # The trailing "|" is optional: drop the empty field it makes, and only that one.
+            if len(fields) == width + 1 and not fields[-1]:
+                fields.pop()
             if len(fields) != width:
-                yield Rejection(line_no, f"expected {width} fields, found {len(fields)}")
+                found = len(fields) - (1 if len(fields) > 1 and not fields[-1] else 0)
+                yield Rejection(line_no, f"expected {width} fields, found {found}")
                 continue
             try:
                 yield parse(fields)

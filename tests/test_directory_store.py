@@ -290,8 +290,9 @@ async def test_rows_left_by_a_crashed_import_are_purged(engine: AsyncEngine, tmp
         loader = await dstore.BulkLoader.open(conn)
         from mssante_operator.directory.formats import PractitionerRow
 
-        row = PractitionerRow("8" + DR_MARTIN, "8", None, "X", None, None, None, None, None, None, None, None, None,
-                              None, None, "x", True, None)  # fmt: skip
+        empty = dict.fromkeys(PractitionerRow._fields)
+        row = PractitionerRow(**{**empty, "national_id": "8" + DR_MARTIN, "id_type": "8", "last_name": "X",
+                                 "search_key": "x", "active": True})  # fmt: skip
         await loader.practitioners(stale, [row])
         await loader.close()
     async with engine.begin() as conn:

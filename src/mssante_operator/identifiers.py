@@ -144,9 +144,7 @@ def parse_structure_id(value: str) -> StructureId:
         return StructureId(StructureIdKind.SIRET, parse_siret(number))
     if prefix == "4":
         if not number or not number.isalnum() or len(number) > 19:
-            raise InvalidIdentifier(
-                f"practice structure id must be 4 then up to 19 letters/digits, got {value!r}"
-            )
+            raise InvalidIdentifier(f"practice structure id must be 4 then up to 19 letters/digits, got {value!r}")
         return StructureId(StructureIdKind.PRACTICE, number)
     raise InvalidIdentifier(
         f"structure id must start with 1 (FINESS), 3 (SIRET) or 4 (practice), got {value!r}"

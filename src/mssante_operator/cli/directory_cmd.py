@@ -208,7 +208,8 @@ def generate_sample_cmd(
 
 def _mailbox_table(mailboxes: tuple[MailboxEntry, ...], title: str = "mailboxes") -> Table:
     table = Table(title=title)
-    for column in ("address", "type", "owner / structure", "name", "listeRouge", "source"):
+    table.add_column("address", overflow="fold", min_width=20)
+    for column in ("type", "owner / structure", "name", "listeRouge", "source"):
         table.add_column(column)
     for m in mailboxes:
         table.add_row(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -86,14 +87,16 @@ class LdapClient:
             password = settings.bind_password.get_secret_value() if settings.bind_password else ""
             kwargs = {"user": settings.bind_dn, "password": password, "authentication": SIMPLE}
         elif settings.client_cert:
-            kwargs = {"authentication": SASL, "sasl_mechanism": EXTERNAL}
+            # An empty (not absent) authorisation identity: the server takes the certificate's.
+            kwargs = {"authentication": SASL, "sasl_mechanism": EXTERNAL, "sasl_credentials": ""}
         else:
             kwargs = {"authentication": ANONYMOUS}
         self.secure = secure
         self.url = settings.url
         self._conn = Connection(
             server,
-            receive_timeout=settings.timeout_seconds,
+            # ldap3 packs this into SO_RCVTIMEO as an integer.
+            receive_timeout=max(1, math.ceil(settings.timeout_seconds)),
             raise_exceptions=True,
             read_only=True,
             auto_bind=False,
@@ -106,8 +109,15 @@ class LdapClient:
             self._conn.open()
             if self.settings.start_tls and not self.secure:
                 self._conn.start_tls()
-            self._conn.bind()
-        except (LDAPException, OSError, ssl.SSLError) as exc:
+            if not self._conn.bind():
+                result = self._conn.result or {}
+                raise LdapSyncError(
+                    f"bind to {self.url} refused: {result.get('description')} {result.get('message') or ''}".strip()
+                )
+        except LdapSyncError:
+            self.close()
+            raise
+        except Exception as exc:  # ldap3 lets struct/ASN.1 errors through on garbage replies
             self.close()
             raise LdapSyncError(f"cannot connect and bind to {self.url}: {_describe(exc)}") from None
         return self
@@ -144,7 +154,7 @@ class LdapClient:
                 batch.append(LdapEntry(dn=str(item.get("dn", "")), attributes=attributes))
                 if len(batch) >= size:
                     break
-        except (LDAPException, OSError, ssl.SSLError) as exc:
+        except Exception as exc:  # a server returning garbage must not crash the sync
             raise LdapSyncError(f"search on {self.url} failed: {_describe(exc)}") from None
         return batch
 

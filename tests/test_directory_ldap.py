@@ -128,13 +128,13 @@ async def test_incremental_sync_fetches_only_changed_entries(engine: AsyncEngine
     ou = new_ou(slapd, "incremental")
     with admin(slapd) as conn:
         gone = person(conn, ou, "parti", sn="PARTI", employeeNumber="8" + DR_NGUYEN, mail=f"parti@{DOMAIN}")
-    time.sleep(1.1)  # modifyTimestamp has a one-second resolution
+    await asyncio.sleep(1.1)  # modifyTimestamp has a one-second resolution
     with admin(slapd) as conn:
         conn.modify(f"uid=cardio,{ou}", {"description": [(ldap3.MODIFY_REPLACE, ["touched"])]})
     cfg = settings(slapd, ou)
     first = await sync_ldap(engine, cfg)
     assert first.mode == "full" and first.entries == 4
-    time.sleep(1.1)
+    await asyncio.sleep(1.1)
     with admin(slapd) as conn:
         conn.modify(f"uid=jmartin,{ou}", {"sn": [(ldap3.MODIFY_REPLACE, ["MARTIN-DURAND"])]})
         person(conn, ou, "nouveau", sn="NOUVEAU", givenName="Paul", employeeNumber="0751234567",

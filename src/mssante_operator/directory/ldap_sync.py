@@ -111,9 +111,8 @@ class LdapClient:
                 self._conn.start_tls()
             if not self._conn.bind():
                 result = self._conn.result or {}
-                raise LdapSyncError(
-                    f"bind to {self.url} refused: {result.get('description')} {result.get('message') or ''}".strip()
-                )
+                why = f"{result.get('description')} {result.get('message') or ''}".strip()
+                raise LdapSyncError(f"bind to {self.url} refused: {why}")
         except LdapSyncError:
             self.close()
             raise

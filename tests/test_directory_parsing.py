@@ -29,6 +29,7 @@ from mssante_operator.directory.formats import (
     HeaderError,
     MailboxRow,
     PractitionerRow,
+    _luhn_ok,
     detect_kind,
     resolve_columns,
     structure_id_from,
@@ -44,7 +45,7 @@ from mssante_operator.directory.reader import (
 )
 from mssante_operator.directory.sample import ACTIVITY_HEADER, MAILBOX_HEADER, SampleMailbox, generate_sample
 from mssante_operator.directory.text import InvalidAddress, normalise_address, normalise_header, search_key
-from mssante_operator.identifiers import InvalidIdentifier
+from mssante_operator.identifiers import InvalidIdentifier, luhn_valid
 
 
 def read(data: bytes, name: str = "PS_LibreAcces_Personne_activite_202611010000.txt") -> list[object]:
@@ -290,6 +291,11 @@ def test_random_fields_in_the_right_count_never_crash(fields: list[str]) -> None
     except UnicodeError:
         return
     assert len(rows) <= 1
+
+
+@given(st.text(alphabet="0123456789", min_size=1, max_size=20))
+def test_the_fast_luhn_check_agrees_with_the_identifiers_module(digits: str) -> None:
+    assert _luhn_ok(digits) == luhn_valid(digits)
 
 
 @given(st.text(max_size=60))

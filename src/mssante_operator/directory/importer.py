@@ -7,11 +7,13 @@ A file whose content hash is that of the snapshot already served is skipped.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -130,6 +132,59 @@ def plan(paths: Sequence[Path]) -> list[tuple[Source, FileKind]]:
     return planned
 
 
+async def _stream_rows(
+    reader: ExtractionReader,
+    loader: store.BulkLoader,
+    report: FileReport,
+    snapshot_id: int,
+    batch_size: int,
+    progress: Progress,
+) -> None:
+    # One batch is written while the next is parsed: the driver works in its own thread (aiosqlite)
+    # or process (PostgreSQL) and the two overlap on a multi-core machine.
+    pending: asyncio.Task[int] | None = None
+    batch: list[PractitionerRow | MailboxRow] = []
+    rejections = report.rejections
+    rejected = accepted = last_bytes = 0
+
+    async def flush(rows: list[Any]) -> None:
+        nonlocal pending
+        if pending is not None:
+            report.rows_loaded += await pending
+            pending = None
+        if rows:
+            write = loader.practitioners if reader.kind is FileKind.ACTIVITY else loader.mailboxes
+            pending = asyncio.create_task(write(snapshot_id, rows))
+            await asyncio.sleep(0)  # let the write start before parsing on
+
+    try:
+        for item in reader.rows():
+            if type(item) is Rejection:
+                rejected += 1
+                if len(rejections) < KEEP_REJECTIONS:
+                    rejections.append(item)
+                continue
+            batch.append(item)  # type: ignore[arg-type]
+            if len(batch) >= batch_size:
+                accepted += len(batch)
+                await flush(batch)
+                batch = []
+                if reader.bytes_read - last_bytes >= 1 << 20:
+                    progress.advance(reader.bytes_read - last_bytes)
+                    last_bytes = reader.bytes_read
+        accepted += len(batch)
+        await flush(batch)
+        await flush([])
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+    progress.advance(reader.bytes_read - last_bytes)
+    report.rows_rejected = rejected
+    report.duplicates = accepted - report.rows_loaded
+
+
 async def _load(
     engine: AsyncEngine,
     source: Source,
@@ -144,36 +199,11 @@ async def _load(
         progress.start(f"loading {source.name}", source.size)
         async with engine.connect() as conn:
             loader = await store.BulkLoader.open(conn)
-            practitioners: list[PractitionerRow] = []
-            mailboxes: list[MailboxRow] = []
-            accepted = 0
-            last_bytes = 0
-            for item in reader.rows():
-                if isinstance(item, Rejection):
-                    report.rows_rejected += 1
-                    if len(report.rejections) < KEEP_REJECTIONS:
-                        report.rejections.append(item)
-                    continue
-                accepted += 1
-                if isinstance(item, PractitionerRow):
-                    practitioners.append(item)
-                    if len(practitioners) >= batch_size:
-                        report.rows_loaded += await loader.practitioners(snapshot_id, practitioners)
-                        practitioners = []
-                else:
-                    mailboxes.append(item)
-                    if len(mailboxes) >= batch_size:
-                        report.rows_loaded += await loader.mailboxes(snapshot_id, mailboxes)
-                        mailboxes = []
-                if reader.bytes_read - last_bytes >= 1 << 20:
-                    progress.advance(reader.bytes_read - last_bytes)
-                    last_bytes = reader.bytes_read
-            report.rows_loaded += await loader.practitioners(snapshot_id, practitioners)
-            report.rows_loaded += await loader.mailboxes(snapshot_id, mailboxes)
-            await loader.close()
-            progress.advance(reader.bytes_read - last_bytes)
+            try:
+                await _stream_rows(reader, loader, report, snapshot_id, batch_size, progress)
+            finally:
+                await loader.close()
         report.rows_read = reader.lines_read
-        report.duplicates = accepted - report.rows_loaded
     finally:
         stream.close()
         progress.finish()

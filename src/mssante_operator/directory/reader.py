@@ -29,6 +29,7 @@ from mssante_operator.directory.formats import (
 
 MAX_LINE_BYTES = 64 * 1024
 _CHUNK = 1024 * 1024
+_TOO_LONG = b"\n"  # never a line (lines come without their newline): marks an overlong one
 
 
 class SourceError(Exception):
@@ -129,13 +130,14 @@ class ExtractionReader:
         self.name = name
         self.bytes_read = 0
         self.lines_read = 0  # data lines, blank ones excluded
-        raw = self._readline()
+        self._lines = self._raw_lines()
+        raw = next(self._lines, None)
         if raw is None:
             raise HeaderError(f"{name}: file is empty (no header line)")
-        if raw[1]:
+        if raw is _TOO_LONG:
             raise HeaderError(f"{name}: header line is longer than {MAX_LINE_BYTES} bytes")
         try:
-            text = raw[0].decode("utf-8")
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise HeaderError(f"{name}: header {_decode_error(exc)}") from None
         self.header = split_header(text)
@@ -150,40 +152,46 @@ class ExtractionReader:
     def close(self) -> None:
         self._stream.close()
 
-    def _readline(self) -> tuple[bytes, bool] | None:
-        """The next line and whether it was too long (its excess is skipped)."""
-        try:
-            raw = self._stream.readline(MAX_LINE_BYTES)
-            if not raw:
-                return None
-            self.bytes_read += len(raw)
-            if len(raw) < MAX_LINE_BYTES or raw.endswith(b"\n"):
-                return raw, False
-            while True:
-                more = self._stream.readline(MAX_LINE_BYTES)
-                self.bytes_read += len(more)
-                if not more or more.endswith(b"\n"):
-                    return raw, True
-        except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
-            raise SourceError(f"{self.name}: read error: {exc}") from None
+    def _raw_lines(self) -> Iterator[bytes]:
+        """Lines without their b"\\n", read in 1 MiB chunks; `_TOO_LONG` stands for an overlong line.
+
+        Big reads matter: small buffer refills would each wait for the GIL while the database
+        driver's thread binds parameters.
+        """
+        read = self._stream.read
+        pending = b""
+        skipping = False  # inside an overlong line, until its end
+        while True:
+            try:
+                chunk = read(_CHUNK)
+            except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                raise SourceError(f"{self.name}: read error: {exc}") from None
+            if not chunk:
+                if skipping:
+                    yield _TOO_LONG
+                elif pending:
+                    yield pending
+                return
+            self.bytes_read += len(chunk)
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            if skipping and lines:
+                lines[0] = _TOO_LONG
+                skipping = False
+            for line in lines:
+                yield _TOO_LONG if len(line) > MAX_LINE_BYTES else line
+            if len(pending) > MAX_LINE_BYTES:
+                pending = b""
+                skipping = True
 
     def rows(self) -> Iterator[PractitionerRow | MailboxRow | Rejection]:
         # The hot loop of an import: locals only, and the common line takes the shortest path.
         parse = self.parser.parse
         width = self.parser.width
-        readline = self._stream.readline
         line_no = 1
-        while True:
-            try:
-                raw = readline(MAX_LINE_BYTES)
-            except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
-                raise SourceError(f"{self.name}: read error: {exc}") from None
-            if not raw:
-                return
-            self.bytes_read += len(raw)
+        for raw in self._lines:
             line_no += 1
-            if len(raw) == MAX_LINE_BYTES and not raw.endswith(b"\n"):
-                self._skip_rest()
+            if raw is _TOO_LONG:
                 self.lines_read += 1
                 yield Rejection(line_no, f"line is longer than {MAX_LINE_BYTES} bytes")
                 continue
@@ -193,7 +201,8 @@ class ExtractionReader:
                 self.lines_read += 1
                 yield Rejection(line_no, _decode_error(exc))
                 continue
-            text = text.rstrip("\r\n")
+            if text.endswith("\r"):
+                text = text[:-1]
             if not text or text.isspace():
                 continue
             self.lines_read += 1
@@ -215,13 +224,3 @@ class ExtractionReader:
                 yield parse(fields, strip)
             except RowError as exc:
                 yield Rejection(line_no, str(exc))
-
-    def _skip_rest(self) -> None:
-        try:
-            while True:
-                more = self._stream.readline(MAX_LINE_BYTES)
-                self.bytes_read += len(more)
-                if not more or more.endswith(b"\n"):
-                    return
-        except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
-            raise SourceError(f"{self.name}: read error: {exc}") from None

@@ -154,3 +154,37 @@ def test_generate_sample_without_config(tmp_path: Path) -> None:
     )
     assert code == 0, output
     assert "@x.fr" in next(tmp_path.glob("Extraction*.txt")).read_text(encoding="utf-8")
+
+
+def test_demo_directory_owns_the_demo_mailboxes(config: Path, tmp_path: Path) -> None:
+    import asyncio
+
+    from mssante_operator.config import load_settings
+    from mssante_operator.directory import DirectoryMirror, load_demo_directory
+    from mssante_operator.store import create_engine, upgrade
+
+    settings = load_settings(config)
+
+    async def go() -> None:
+        engine = create_engine(settings.store.url.get_secret_value())
+        try:
+            await upgrade(engine)
+            first = await load_demo_directory(engine, settings, practitioners=30)
+            assert first.applied
+            again = await load_demo_directory(engine, settings, practitioners=30)
+            assert not again.applied  # same content: no-op
+            mirror = DirectoryMirror(engine)
+            owner = await mirror.practitioner_for("810000000009")
+            assert owner is not None and owner.active
+            assert [m.address for m in owner.mailboxes] == ["jean.martin@hopital-demo.mssante.test"]
+            for address in ("cardiologie@hopital-demo.mssante.test", "dpi@hopital-demo.mssante.test"):
+                box = await mirror.lookup_mailbox(address)
+                assert box is not None and box.structure_id == "1750000018"
+            decision = await mirror.decide(
+                "jean.martin@hopital-demo.mssante.test", "dpi@hopital-demo.mssante.test"
+            )
+            assert decision.allowed
+        finally:
+            await engine.dispose()
+
+    asyncio.run(go())

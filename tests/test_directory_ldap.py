@@ -279,6 +279,12 @@ def test_mapping_variants() -> None:
     assert not mapped.practitioner.active  # 514 = disabled account
     assert [m.address for m in mapped.mailboxes] == ["jm@x.fr"]
     assert map_entry(entry(employeeNumber=[DR_MARTIN.encode()], sn=[b"M"]), LdapAttributeMap()).practitioner
+    ad = map_entry(
+        entry(employeeNumber=[DR_MARTIN.encode()], sn=[b"M"],
+              proxyAddresses=[b"SMTP:jm@chu.mssante.fr", b"smtp:alias@chu.mssante.fr", b"X500:/o=x/cn=y"]),
+        LdapAttributeMap(mailbox="proxyAddresses"),
+    )  # fmt: skip
+    assert [m.address for m in ad.mailboxes] == ["jm@chu.mssante.fr", "alias@chu.mssante.fr"]
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from mssante_operator.directory.decision import (
     recipient_decision,
     sender_decision,
 )
+from mssante_operator.directory.demo import load_demo_directory
 from mssante_operator.directory.entries import (
     Activity,
     MailboxEntry,
@@ -47,6 +48,7 @@ __all__ = [
     "exchange_decision",
     "generate_sample",
     "import_files",
+    "load_demo_directory",
     "mirror_health",
     "recipient_decision",
     "sample_from_demo",

@@ -135,6 +135,12 @@ def map_entry(
 
     addresses: list[str] = []
     for value in _values(entry, mapping.mailbox):
+        # Active Directory's proxyAddresses: "SMTP:a@b" (primary), "smtp:a@b", "X500:...".
+        prefix, colon, rest = value.partition(":")
+        if colon and "@" not in prefix:
+            if prefix.lower() != "smtp":
+                continue
+            value = rest
         try:
             address = normalise_address(value)
         except InvalidAddress as exc:

@@ -57,19 +57,20 @@ class _RichProgress:
 
 def _print_import(report: ImportReport) -> None:
     table = Table(title="directory import", show_lines=False)
-    for column in ("file", "kind", "outcome", "read", "loaded", "rejected", "duplicates"):
-        table.add_column(
-            column, justify="right" if column in {"read", "loaded", "rejected", "duplicates"} else "left"
-        )
+    table.add_column("kind")
+    table.add_column("outcome")
+    for column in ("read", "loaded", "rejected", "duplicates"):
+        table.add_column(column, justify="right")
+    table.add_column("file", overflow="fold")
     for f in report.files:
         table.add_row(
-            Path(f.source).name,
             f.kind.value,
             f.outcome.value,
             f"{f.rows_read:,}",
             f"{f.rows_loaded:,}",
             f"{f.rows_rejected:,}",
             f"{f.duplicates:,}",
+            Path(f.source).name,
         )
     console.print(table)
     for f in report.files:

@@ -196,7 +196,7 @@ async def _load(
     stream = source.open()
     try:
         reader = ExtractionReader(stream, source.name, expected=report.kind)
-        progress.start(f"loading {source.name}", source.size)
+        progress.start(f"loading {report.kind.value} file", source.size)
         async with engine.connect() as conn:
             loader = await store.BulkLoader.open(conn)
             try:
@@ -235,7 +235,7 @@ async def import_files(
             reports.append(report)
             part = PART_OF_KIND[kind]
             await store.purge_stale(engine, part)
-            progress.start(f"hashing {source.name}", source.size)
+            progress.start(f"hashing {kind.value} file", source.size)
             try:
                 report.sha256 = _sha256_of(source, progress.advance)
             finally:

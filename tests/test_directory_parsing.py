@@ -34,7 +34,7 @@ from mssante_operator.directory.formats import (
     resolve_columns,
     structure_id_from,
 )
-from mssante_operator.directory.models import DirectoryMailbox, DirectoryPractitioner
+from mssante_operator.directory.models import MAILBOX_TEMPLATE, PRACTITIONER_TEMPLATE
 from mssante_operator.directory.query import QueryKind, classify_query
 from mssante_operator.directory.reader import (
     MAX_LINE_BYTES,
@@ -123,16 +123,17 @@ def test_empty_file_and_non_utf8_header() -> None:
 
 def test_field_limits_match_the_store_columns() -> None:
     for columns, limits, model in (
-        (PRACTITIONER_COLUMNS, PRACTITIONER_LIMITS, DirectoryPractitioner),
-        (MAILBOX_COLUMNS, MAILBOX_LIMITS, DirectoryMailbox),
+        (PRACTITIONER_COLUMNS, PRACTITIONER_LIMITS, PRACTITIONER_TEMPLATE),
+        (MAILBOX_COLUMNS, MAILBOX_LIMITS, MAILBOX_TEMPLATE),
     ):
+        assert tuple(model.c.keys()) == columns
         for name, limit in zip(columns, limits, strict=True):
-            length = getattr(model.__table__.c[name].type, "length", None)
+            length = getattr(model.c[name].type, "length", None)
             assert length == limit, name
-    for spec, model in ((ACTIVITY_SPEC, DirectoryPractitioner), (MAILBOX_SPEC, DirectoryMailbox)):
+    for spec, model in ((ACTIVITY_SPEC, PRACTITIONER_TEMPLATE), (MAILBOX_SPEC, MAILBOX_TEMPLATE)):
         for column in spec:
-            if column.field in model.__table__.c:
-                assert column.limit <= model.__table__.c[column.field].type.length, column.field
+            if column.field in model.c:
+                assert column.limit <= model.c[column.field].type.length, column.field
 
 
 # -- rows ----------------------------------------------------------------------------------------

@@ -31,22 +31,19 @@ from mssante_operator.directory import (
 )
 from mssante_operator.directory import store as dstore
 from mssante_operator.directory.importer import Outcome
-from mssante_operator.directory.models import DirectoryMailbox, DirectoryPractitioner, DirectorySnapshot
+from mssante_operator.directory.models import DirectorySnapshot
 from mssante_operator.store import session_factory
 from mssante_operator.store.models import utcnow
 
 
-async def rows_outside_active(engine: AsyncEngine) -> int:
+async def stray_tables(engine: AsyncEngine) -> list[str]:
+    """Per-snapshot tables that belong to no active snapshot (there should be none)."""
     async with engine.connect() as conn:
-        ids = await dstore.active_ids(conn)
-        total = 0
-        for model in (DirectoryPractitioner, DirectoryMailbox):
-            total += (
-                await conn.execute(
-                    select(func.count()).select_from(model).where(model.snapshot_id.not_in(ids))
-                )
-            ).scalar_one()
-    return int(total)
+        active = await dstore.active_parts(conn)
+        expected = {t.name for part, sid in active.items() for t in dstore.snapshot_tables(sid, part)}
+        present = await dstore.existing_snapshot_tables(conn)
+    assert expected <= set(present)
+    return sorted(set(present) - expected)
 
 
 async def test_import_then_look_up_everything(engine: AsyncEngine, tmp_path: Path) -> None:
@@ -139,7 +136,7 @@ async def test_reimporting_the_same_content_is_a_no_op(engine: AsyncEngine, tmp_
     assert not again.applied and [f.outcome for f in again.files] == [Outcome.UNCHANGED] * 2
     assert {f.snapshot_id for f in again.files} == {f.snapshot_id for f in first.files}
     forced = await import_files(engine, files, force=True)
-    assert forced.applied and await rows_outside_active(engine) == 0
+    assert forced.applied and await stray_tables(engine) == []
 
 
 async def test_zip_input(engine: AsyncEngine, tmp_path: Path) -> None:
@@ -168,7 +165,7 @@ async def test_a_new_snapshot_replaces_the_old_one_whole(engine: AsyncEngine, tm
     assert martin is not None and not martin.active
     nouveau = await mirror.lookup_national_id("8" + DR_NGUYEN)
     assert nouveau is not None and nouveau.active
-    assert await rows_outside_active(engine) == 0
+    assert await stray_tables(engine) == []
     async with engine.connect() as conn:
         statuses = (await conn.execute(select(DirectorySnapshot.part, DirectorySnapshot.status))).all()
     assert sorted(statuses) == [("activity", "active"), ("activity", "retired"), ("mailbox", "active")]
@@ -194,7 +191,7 @@ async def test_an_import_above_the_rejection_limit_is_refused(engine: AsyncEngin
     mirror = DirectoryMirror(engine, refresh_seconds=0)
     assert (await mirror.lookup_national_id("8" + DR_MARTIN)) is not None
     assert not await mirror.is_known_mailbox("paul.nouveau@medecin.mssante.fr")
-    assert await rows_outside_active(engine) == 0
+    assert await stray_tables(engine) == []
     # The same file under a laxer limit goes in.
     assert (await import_files(engine, [bad, good_mailboxes], max_reject_rate=0.6)).applied
     assert await mirror.is_known_mailbox("paul.nouveau@medecin.mssante.fr")
@@ -221,7 +218,7 @@ async def test_a_broken_archive_fails_and_leaves_the_mirror(engine: AsyncEngine,
     with pytest.raises(DirectoryImportError, match="read error"):
         await import_files(engine, [archive])
     assert await DirectoryMirror(engine).lookup_national_id("8" + DR_MARTIN) is not None
-    assert await rows_outside_active(engine) == 0
+    assert await stray_tables(engine) == []
 
 
 async def test_two_files_of_one_kind_and_bad_headers_are_refused_up_front(
@@ -301,6 +298,32 @@ async def test_rows_left_by_a_crashed_import_are_purged(engine: AsyncEngine, tmp
             .where(DirectorySnapshot.id == stale)
             .values(started_at=utcnow() - timedelta(days=1))
         )
-    assert await rows_outside_active(engine) == 1
+    assert await stray_tables(engine) != []
     await import_files(engine, list(base_files(tmp_path)))
-    assert await rows_outside_active(engine) == 0
+    assert await stray_tables(engine) == []
+
+
+async def test_a_reader_with_stale_pointers_recovers_after_the_old_tables_are_dropped(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    await import_files(engine, list(base_files(tmp_path / "v1")))
+    stale = DirectoryMirror(engine, cache_size=0, refresh_seconds=3600)
+    assert await stale.is_known_mailbox("cardiologie@hopital-demo.mssante.test")
+    mailboxes = write_mailboxes(
+        tmp_path / "Extraction_Correspondance_MSSante_202611080000.txt",
+        [mailbox_line("PER", "paul.nouveau@medecin.mssante.fr", national_id="8" + DR_NGUYEN)],
+    )
+    assert (await import_files(engine, [mailboxes])).applied  # drops the tables `stale` points at
+    assert await stale.is_known_mailbox("paul.nouveau@medecin.mssante.fr")
+    assert (await stale.stats()).mailboxes == 1
+
+
+async def test_downgrade_drops_the_snapshot_tables(engine: AsyncEngine, tmp_path: Path) -> None:
+    from mssante_operator.store import downgrade, upgrade
+
+    await import_files(engine, list(base_files(tmp_path)))
+    await downgrade(engine, "0001")
+    async with engine.connect() as conn:
+        assert await dstore.existing_snapshot_tables(conn) == []
+    await upgrade(engine)
+    assert not await DirectoryMirror(engine).is_loaded()

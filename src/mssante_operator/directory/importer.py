@@ -280,7 +280,7 @@ async def import_files(
                 report.outcome = Outcome.LOADED
     except BaseException as exc:
         for snapshot_id in new.values():
-            await store.delete_snapshot_rows(engine, snapshot_id, "failed")
+            await store.discard_snapshot(engine, snapshot_id, "failed")
         log.warning("directory.import.failed", error=str(exc))
         if isinstance(exc, SourceError | HeaderError):
             raise DirectoryImportError(str(exc)) from None
@@ -288,7 +288,7 @@ async def import_files(
     result = ImportReport(files=reports)
     if any(r.outcome is Outcome.REFUSED for r in reports):
         for snapshot_id in new.values():
-            await store.delete_snapshot_rows(engine, snapshot_id, "refused")
+            await store.discard_snapshot(engine, snapshot_id, "refused")
         for r in reports:
             if r.outcome is Outcome.LOADED:
                 r.outcome = Outcome.REFUSED
@@ -297,12 +297,23 @@ async def import_files(
         log.warning("directory.import.refused", files=[r.source for r in reports])
         return result
     if new:
+        try:
+            for part, snapshot_id in new.items():
+                progress.start(f"indexing {part}", 1)
+                try:
+                    await store.build_indexes(engine, snapshot_id, part)
+                finally:
+                    progress.finish()
+        except BaseException:
+            for snapshot_id in new.values():
+                await store.discard_snapshot(engine, snapshot_id, "failed")
+            raise
         retired = await store.activate(engine, new)
         result.applied = True
         result.message = "mirror replaced"
         log.info("directory.import.applied", snapshots=new, retired=retired)
         for snapshot_id in retired:
-            await store.delete_snapshot_rows(engine, snapshot_id, "retired")
+            await store.discard_snapshot(engine, snapshot_id, "retired")
     else:
         result.message = "nothing to do: the mirror already serves these files"
     return result

@@ -219,7 +219,7 @@ async def _full(
                 report.mailboxes += await loader.mailboxes(snapshot_id, mailboxes)
             await loader.close()
     except BaseException:
-        await store.delete_snapshot_rows(engine, snapshot_id, "failed")
+        await store.discard_snapshot(engine, snapshot_id, "failed")
         raise
     refusal = _refusal(report, max_reject_rate)
     if refusal is None and report.entries == 0 and had_rows:
@@ -235,13 +235,18 @@ async def _full(
         high_water=report.high_water,
     )
     if refusal is not None:
-        await store.delete_snapshot_rows(engine, snapshot_id, "refused")
+        await store.discard_snapshot(engine, snapshot_id, "refused")
         report.refused = True
         report.message = f"synchronisation refused, mirror unchanged: {refusal}"
         return report
+    try:
+        await store.build_indexes(engine, snapshot_id, store.Part.LDAP)
+    except BaseException:
+        await store.discard_snapshot(engine, snapshot_id, "failed")
+        raise
     retired = await store.activate(engine, {store.Part.LDAP: snapshot_id})
     for old in retired:
-        await store.delete_snapshot_rows(engine, old, "retired")
+        await store.discard_snapshot(engine, old, "retired")
     report.applied = True
     report.message = "LDAP part of the mirror replaced"
     if report.high_water is None:
@@ -275,11 +280,11 @@ async def _incremental(
     report.practitioners, report.mailboxes = len(practitioners), len(mailboxes)
     async with engine.begin() as conn:
         await store.replace_ldap_rows(conn, active.id, [m.dn for m in collected], practitioners, mailboxes)
-        counts = await store.count_rows(conn, active.id)
+        rows = await store.count_rows(conn, active.id, store.Part.LDAP)
         await conn.execute(
             update(DirectorySnapshot)
             .where(DirectorySnapshot.id == active.id)
-            .values(high_water=report.high_water, loaded_at=utcnow(), rows_loaded=sum(counts))
+            .values(high_water=report.high_water, loaded_at=utcnow(), rows_loaded=rows)
         )
     report.applied = True
     report.message = f"{len(collected)} changed entries applied since {active.high_water}"

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Select, distinct, func, select
+from sqlalchemy import Table, and_, distinct, func, select, union_all
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from mssante_operator.directory import store
@@ -34,7 +35,7 @@ from mssante_operator.directory.entries import (
     Practitioner,
     StructureView,
 )
-from mssante_operator.directory.models import DirectoryMailbox, DirectoryPractitioner
+from mssante_operator.directory.models import mailboxes_table, practitioners_table
 from mssante_operator.directory.query import QueryKind, classify_query
 from mssante_operator.directory.text import InvalidAddress, normalise_address, search_key
 from mssante_operator.identifiers import (
@@ -46,8 +47,6 @@ from mssante_operator.identifiers import (
 )
 from mssante_operator.store.models import utcnow
 
-P = DirectoryPractitioner
-M = DirectoryMailbox
 _MISSING = object()
 
 Sessions = async_sessionmaker[AsyncSession] | AsyncEngine
@@ -161,6 +160,15 @@ def _unique_addresses(rows: Sequence[Any]) -> list[Any]:
     return unique
 
 
+Active = dict[str, int]  # part → snapshot id
+T = TypeVar("T")
+
+
+def _missing_table(exc: DBAPIError) -> bool:
+    text = str(exc.orig).lower()
+    return "no such table" in text or ("relation" in text and "does not exist" in text)
+
+
 class DirectoryMirror:
     """The look-up API of the mirror. Create one per process and share it."""
 
@@ -177,7 +185,7 @@ class DirectoryMirror:
         self._pg = self._engine.dialect.name == "postgresql"
         self._cache = _LruCache(cache_size, cache_ttl)
         self._refresh = refresh_seconds
-        self._ids: tuple[int, ...] = ()
+        self._parts: Active = {}
         self._checked_at = float("-inf")
         self.policy = policy or DirectoryPolicy()
 
@@ -186,33 +194,44 @@ class DirectoryMirror:
         async with self._engine.connect() as conn:
             yield conn
 
-    async def _active(self, conn: AsyncConnection) -> tuple[int, ...]:
+    async def _active(self, conn: AsyncConnection) -> Active:
         now = time.monotonic()
         if now - self._checked_at >= self._refresh:
-            ids = await store.active_ids(conn)
-            if ids != self._ids:
+            parts = await store.active_parts(conn)
+            if parts != self._parts:
                 self._cache.clear()
-                self._ids = ids
+                self._parts = parts
             self._checked_at = now
-        return self._ids
+        return self._parts
 
     def invalidate(self) -> None:
         """Forget cached results and re-read the active snapshots on the next look-up."""
         self._cache.clear()
         self._checked_at = float("-inf")
 
-    async def _cached(self, kind: str, key: str, load: Any) -> Any:
-        # The active set is checked before the cache, so a flip empties it before any stale hit.
+    async def _run(self, query: Callable[[AsyncConnection, Active], Awaitable[T]], empty: T) -> T:
+        """Run `query` on the active snapshots. A snapshot retired (its tables dropped) after this
+        process last read the pointers makes the first try fail: re-read them and try once more."""
+        for attempt in (1, 2):
+            try:
+                async with self._conn() as conn:
+                    active = await self._active(conn)
+                    return await query(conn, active) if active else empty
+            except DBAPIError as exc:
+                if attempt == 2 or not _missing_table(exc):
+                    raise
+                self.invalidate()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _cached(
+        self, kind: str, key: str, query: Callable[[AsyncConnection, Active], Awaitable[Any]]
+    ) -> Any:
+        # Within the refresh window the pointers are trusted and a hit costs no I/O at all.
         if time.monotonic() - self._checked_at < self._refresh:
             hit = self._cache.get((kind, key))
             if hit is not _MISSING:
                 return hit
-        async with self._conn() as conn:
-            ids = await self._active(conn)
-            hit = self._cache.get((kind, key))
-            if hit is not _MISSING:
-                return hit
-            value = await load(conn, ids) if ids else None
+        value = await self._run(query, None)
         self._cache.put((kind, key), value)
         return value
 
@@ -220,15 +239,41 @@ class DirectoryMirror:
         async with self._conn() as conn:
             return bool(await self._active(conn))
 
+    @staticmethod
+    def _ptables(active: Active) -> list[Table]:
+        return [
+            practitioners_table(sid) for part, sid in sorted(active.items()) if store.has_practitioners(part)
+        ]
+
+    @staticmethod
+    def _mtables(active: Active) -> list[Table]:
+        return [mailboxes_table(sid) for part, sid in sorted(active.items()) if store.has_mailboxes(part)]
+
+    @staticmethod
+    async def _select(
+        conn: AsyncConnection,
+        tables: list[Table],
+        where: Callable[[Table], Any],
+        order: Callable[[Table], Sequence[Any]] | None = None,
+        limit: int | None = None,
+    ) -> list[Any]:
+        rows: list[Any] = []
+        for table in tables:
+            stmt = select(table).where(where(table))
+            if order is not None:
+                stmt = stmt.order_by(*order(table))
+            if limit is not None:
+                stmt = stmt.limit(limit)
+            rows.extend((await conn.execute(stmt)).all())
+        return rows
+
     # -- practitioners --------------------------------------------------------------------------
 
     async def _load_practitioner(
-        self, conn: AsyncConnection, ids: tuple[int, ...], nid: str
+        self, conn: AsyncConnection, active: Active, nid: str
     ) -> Practitioner | None:
-        acts = (
-            await conn.execute(select(P).where(P.snapshot_id.in_(ids), P.national_id == nid).order_by(P.id))
-        ).all()
-        boxes = (await conn.execute(select(M).where(M.snapshot_id.in_(ids), M.national_id == nid))).all()
+        acts = await self._select(conn, self._ptables(active), lambda t: t.c.national_id == nid)
+        boxes = await self._select(conn, self._mtables(active), lambda t: t.c.national_id == nid)
         if not acts and not boxes:
             return None
         return _practitioner(nid, acts, boxes)
@@ -240,7 +285,7 @@ class DirectoryMirror:
         except InvalidIdentifier:
             return None
         result: Practitioner | None = await self._cached(
-            "nid", nid, lambda conn, ids: self._load_practitioner(conn, ids, nid)
+            "nid", nid, lambda conn, active: self._load_practitioner(conn, active, nid)
         )
         return result
 
@@ -261,10 +306,8 @@ class DirectoryMirror:
 
     # -- mailboxes ------------------------------------------------------------------------------
 
-    async def _load_mailbox(
-        self, conn: AsyncConnection, ids: tuple[int, ...], address: str
-    ) -> MailboxEntry | None:
-        rows = (await conn.execute(select(M).where(M.snapshot_id.in_(ids), M.address == address))).all()
+    async def _load_mailbox(self, conn: AsyncConnection, active: Active, address: str) -> MailboxEntry | None:
+        rows = await self._select(conn, self._mtables(active), lambda t: t.c.address == address)
         unique = _unique_addresses(rows)
         return _mailbox(unique[0]) if unique else None
 
@@ -274,7 +317,7 @@ class DirectoryMirror:
         except InvalidAddress:
             return None
         result: MailboxEntry | None = await self._cached(
-            "bal", normalised, lambda conn, ids: self._load_mailbox(conn, ids, normalised)
+            "bal", normalised, lambda conn, active: self._load_mailbox(conn, active, normalised)
         )
         return result
 
@@ -289,26 +332,26 @@ class DirectoryMirror:
             sid = parse_structure_id(structure_id).value
         except InvalidIdentifier:
             sid = structure_id.strip().upper()
-        async with self._conn() as conn:
-            ids = await self._active(conn)
-            if not ids:
-                return None
-            acts = (
-                await conn.execute(
-                    select(P)
-                    .where(P.snapshot_id.in_(ids), P.structure_id == sid)
-                    .order_by(P.search_key)
-                    .limit(limit)
-                )
-            ).all()
-            boxes = (
-                await conn.execute(
-                    select(M)
-                    .where(M.snapshot_id.in_(ids), M.structure_id == sid)
-                    .order_by(M.address)
-                    .limit(limit)
-                )
-            ).all()
+
+        async def query(conn: AsyncConnection, active: Active) -> tuple[list[Any], list[Any]]:
+            acts = await self._select(
+                conn,
+                self._ptables(active),
+                lambda t: t.c.structure_id == sid,
+                lambda t: (t.c.search_key,),
+                limit,
+            )
+            boxes = await self._select(
+                conn,
+                self._mtables(active),
+                lambda t: t.c.structure_id == sid,
+                lambda t: (t.c.address,),
+                limit,
+            )
+            return acts, boxes
+
+        nothing: tuple[list[Any], list[Any]] = ([], [])
+        acts, boxes = await self._run(query, nothing)
         if not acts and not boxes:
             return None
         grouped: dict[str, list[Any]] = {}
@@ -330,12 +373,12 @@ class DirectoryMirror:
         mailboxes = tuple(_mailbox(r) for r in _unique_addresses(boxes) if r.type != "PER")
         return StructureView(structure_id=sid, name=name, practitioners=practitioners, mailboxes=mailboxes)
 
-    def _prefix(self, stmt: Select[Any], column: Any, key: str) -> Select[Any]:
+    def _prefix(self, column: Any, key: str) -> Any:
         if self._pg:
             # text_pattern_ops index: LIKE 'prefix%' is an index range scan whatever the collation.
-            return stmt.where(column.like(key + "%"))
+            return column.like(key + "%")
         # The key holds only [a-z0-9 ]: everything starting with it sorts below key + DEL bytewise.
-        return stmt.where(column >= key, column < key + "\x7f")
+        return and_(column >= key, column < key + "\x7f")
 
     async def search_name(self, query: str, limit: int = 20) -> list[Practitioner]:
         """Practitioners whose "last first" name starts with `query` (accents and case ignored)."""
@@ -343,27 +386,28 @@ class DirectoryMirror:
         if not key:
             return []
         limit = max(1, min(limit, 200))
-        async with self._conn() as conn:
-            ids = await self._active(conn)
-            if not ids:
-                return []
-            stmt = (
-                select(P).where(P.snapshot_id.in_(ids)).order_by(P.search_key, P.national_id).limit(limit * 5)
+
+        async def run(conn: AsyncConnection, active: Active) -> tuple[dict[str, list[Any]], list[Any]]:
+            acts = await self._select(
+                conn,
+                self._ptables(active),
+                lambda t: self._prefix(t.c.search_key, key),
+                lambda t: (t.c.search_key, t.c.national_id),
+                limit * 5,
             )
-            acts = (await conn.execute(self._prefix(stmt, P.search_key, key))).all()
+            acts.sort(key=lambda r: (r.search_key, r.national_id))
             grouped: dict[str, list[Any]] = {}
             for row in acts:
                 if row.national_id in grouped or len(grouped) < limit:
                     grouped.setdefault(row.national_id, []).append(row)
             boxes: list[Any] = []
             if grouped:
-                boxes = list(
-                    (
-                        await conn.execute(
-                            select(M).where(M.snapshot_id.in_(ids), M.national_id.in_(list(grouped)))
-                        )
-                    ).all()
-                )
+                ids = list(grouped)
+                boxes = await self._select(conn, self._mtables(active), lambda t: t.c.national_id.in_(ids))
+            return grouped, boxes
+
+        nothing: tuple[dict[str, list[Any]], list[Any]] = ({}, [])
+        grouped, boxes = await self._run(run, nothing)
         by_owner: dict[str, list[Any]] = {}
         for row in boxes:
             by_owner.setdefault(row.national_id, []).append(row)
@@ -374,15 +418,21 @@ class DirectoryMirror:
         key = search_key(query)
         if not key:
             return []
-        async with self._conn() as conn:
-            ids = await self._active(conn)
-            if not ids:
-                return []
-            stmt = (
-                select(M).where(M.snapshot_id.in_(ids)).order_by(M.search_key, M.address).limit(max(1, limit))
+        limit = max(1, limit)
+
+        async def run(conn: AsyncConnection, active: Active) -> list[Any]:
+            return await self._select(
+                conn,
+                self._mtables(active),
+                lambda t: self._prefix(t.c.search_key, key),
+                lambda t: (t.c.search_key, t.c.address),
+                limit,
             )
-            rows = (await conn.execute(self._prefix(stmt, M.search_key, key))).all()
-        return [_mailbox(r) for r in rows]
+
+        none: list[Any] = []
+        rows = await self._run(run, none)
+        rows.sort(key=lambda r: (r.search_key, r.address))
+        return [_mailbox(r) for r in _unique_addresses(rows)][:limit]
 
     async def lookup(self, query: str, limit: int = 20) -> LookupResult:
         """Answer a free-form query: address, national id, RPPS, ADELI, FINESS/SIRET or name prefix."""
@@ -456,9 +506,8 @@ class DirectoryMirror:
     # -- statistics -----------------------------------------------------------------------------
 
     async def stats(self) -> MirrorStats:
-        async with self._conn() as conn:
-            active = await store.active_snapshots(conn)
-            ids = tuple(info.id for info in active.values())
+        async def query(conn: AsyncConnection, active: Active) -> MirrorStats:
+            infos = await store.active_snapshots(conn)
             parts = tuple(
                 PartStats(
                     part=info.part,
@@ -469,31 +518,33 @@ class DirectoryMirror:
                     rows_loaded=info.rows_loaded,
                     rows_rejected=info.rows_rejected,
                 )
-                for info in sorted(active.values(), key=lambda i: i.part)
+                for info in sorted(infos.values(), key=lambda i: i.part)
             )
-            if not ids:
-                return MirrorStats(parts=(), activities=0, practitioners=0, mailboxes=0, mailboxes_by_type={})
-            activities = (
-                await conn.execute(select(func.count()).select_from(P).where(P.snapshot_id.in_(ids)))
-            ).scalar_one()
-            practitioners = (
-                await conn.execute(select(func.count(distinct(P.national_id))).where(P.snapshot_id.in_(ids)))
-            ).scalar_one()
-            by_type = {
-                row[0]: int(row[1])
-                for row in (
-                    await conn.execute(
-                        select(M.type, func.count()).where(M.snapshot_id.in_(ids)).group_by(M.type)
-                    )
-                ).all()
-            }
-        return MirrorStats(
-            parts=parts,
-            activities=int(activities),
-            practitioners=int(practitioners),
-            mailboxes=sum(by_type.values()),
-            mailboxes_by_type=by_type,
-        )
+            ptables, mtables = self._ptables(active), self._mtables(active)
+            activities = 0
+            for table in ptables:
+                activities += int((await conn.execute(select(func.count()).select_from(table))).scalar_one())
+            practitioners = 0
+            if ptables:
+                ids = union_all(*(select(t.c.national_id) for t in ptables)).subquery()
+                practitioners = int(
+                    (await conn.execute(select(func.count(distinct(ids.c.national_id))))).scalar_one()
+                )
+            by_type: dict[str, int] = {}
+            for table in mtables:
+                result = await conn.execute(select(table.c.type, func.count()).group_by(table.c.type))
+                for kind, count in result.all():
+                    by_type[kind] = by_type.get(kind, 0) + int(count)
+            return MirrorStats(
+                parts=parts,
+                activities=activities,
+                practitioners=practitioners,
+                mailboxes=sum(by_type.values()),
+                mailboxes_by_type=by_type,
+            )
+
+        empty = MirrorStats(parts=(), activities=0, practitioners=0, mailboxes=0, mailboxes_by_type={})
+        return await self._run(query, empty)
 
 
 async def mirror_health(sessions: Sessions, max_age_days: float = 8) -> tuple[bool, str]:

@@ -1,17 +1,23 @@
 """Tables of the directory mirror.
 
-Every loaded row belongs to a snapshot. `directory_active` points, for each part of the mirror
-(`activity`, `mailbox`, `ldap`), at the snapshot readers use; an import loads a new snapshot beside
-the old one and flips the pointer in one transaction, so readers see the old or the new mirror,
-never a half-loaded one. Row tables carry no foreign key to the snapshots: bulk loads stay cheap
-and a retired snapshot's rows are deleted in batches after the flip.
+Each snapshot has tables of its own, `directory_practitioners_s<id>` and/or
+`directory_mailboxes_s<id>`, created by the import that loads it: rows go into index-less tables
+(cheap appends), the look-up indexes are built in one sort at the end, and retiring a snapshot is a
+DROP TABLE instead of deleting millions of rows. `directory_active` points, for each part of the
+mirror (`activity`, `mailbox`, `ldap`), at the snapshot readers use; an import flips the pointer in
+one transaction, so readers see the old or the new mirror, never a half-loaded one.
+
+Only `directory_snapshots` and `directory_active` belong to the migrated schema; the per-snapshot
+tables are described by the templates below (their own MetaData, ignored by alembic).
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
+from functools import lru_cache
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, Column, ForeignKey, Index, MetaData, String, Table, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mssante_operator.store.models import Base, BigId, utcnow
@@ -49,75 +55,96 @@ class DirectoryActive(Base):
     activated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class DirectoryPractitioner(Base):
-    """One practitioner activity (a line of the activity file, or an LDAP entry)."""
+PRACTITIONERS_PREFIX = "directory_practitioners_s"
+MAILBOXES_PREFIX = "directory_mailboxes_s"
+SNAPSHOT_TABLE = re.compile(r"^directory_(?:practitioners|mailboxes)_s\d+$")
 
-    __tablename__ = "directory_practitioners"
-    __table_args__ = (
-        Index("ix_directory_practitioners_national_id", "snapshot_id", "national_id"),
-        Index("ix_directory_practitioners_structure_id", "snapshot_id", "structure_id"),
+
+def _practitioner_columns() -> list[Column[object]]:
+    return [
+        Column("national_id", String(12), nullable=False),
+        Column("id_type", String(1), nullable=False),
+        Column("civility", String(60)),
+        Column("last_name", String(200), nullable=False),
+        Column("first_name", String(200)),
+        Column("profession_code", String(10)),
+        Column("profession_label", String(200)),
+        Column("specialty_code", String(20)),
+        Column("specialty_label", String(200)),
+        Column("mode_code", String(10)),
+        Column("mode_label", String(100)),
+        Column("structure_id", String(20)),
+        Column("structure_name", String(300)),
+        Column("postal_code", String(10)),
+        Column("city", String(200)),
+        Column("search_key", String(400), nullable=False),
+        Column("active", Boolean, nullable=False),
+        # The LDAP entry's DN for LDAP rows (incremental sync replaces by DN); NULL for file rows.
+        Column("source_ref", String(1000)),
+    ]
+
+
+def _mailbox_columns() -> list[Column[object]]:
+    return [
+        Column("address", String(320), nullable=False),
+        Column("type", String(3), nullable=False),
+        Column("national_id", String(12)),
+        Column("structure_id", String(20)),
+        Column("service", String(300)),
+        Column("civility", String(60)),
+        Column("last_name", String(200)),
+        Column("first_name", String(200)),
+        Column("profession_code", String(10)),
+        Column("profession_label", String(200)),
+        Column("specialty_label", String(200)),
+        Column("structure_name", String(300)),
+        Column("postal_code", String(10)),
+        Column("listerouge", Boolean, nullable=False),
+        Column("search_key", String(400), nullable=False),
+        Column("source_ref", String(1000)),
+    ]
+
+
+@lru_cache(maxsize=256)
+def practitioners_table(snapshot_id: int) -> Table:
+    """One practitioner activity per row (a line of the activity file, or an LDAP entry)."""
+    return Table(f"{PRACTITIONERS_PREFIX}{int(snapshot_id)}", MetaData(), *_practitioner_columns())
+
+
+@lru_cache(maxsize=256)
+def mailboxes_table(snapshot_id: int) -> Table:
+    """One published MSSanté mailbox per row, unique on the address."""
+    table = Table(f"{MAILBOXES_PREFIX}{int(snapshot_id)}", MetaData(), *_mailbox_columns())
+    # Created with the table: the load relies on it to drop the mailbox file's repeated lines.
+    Index(f"ux_dms{int(snapshot_id)}_address", table.c.address, unique=True)
+    return table
+
+
+def lookup_indexes(snapshot_id: int, practitioners: bool, with_source_ref: bool) -> list[Index]:
+    """The indexes built once a snapshot's rows are loaded.
+
+    They hang on a separate Table object, so that creating the cached one never creates them.
+    """
+    sid = int(snapshot_id)
+    if practitioners:
+        short, table = (
+            f"dps{sid}",
+            Table(f"{PRACTITIONERS_PREFIX}{sid}", MetaData(), *_practitioner_columns()),
+        )
+    else:
+        short, table = f"dms{sid}", Table(f"{MAILBOXES_PREFIX}{sid}", MetaData(), *_mailbox_columns())
+    indexes = [
+        Index(f"ix_{short}_national_id", table.c.national_id),
+        Index(f"ix_{short}_structure_id", table.c.structure_id),
         Index(
-            "ix_directory_practitioners_search_key",
-            "snapshot_id",
-            "search_key",
-            postgresql_ops={"search_key": "text_pattern_ops"},
+            f"ix_{short}_search_key", table.c.search_key, postgresql_ops={"search_key": "text_pattern_ops"}
         ),
-    )
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    snapshot_id: Mapped[int] = mapped_column(BigInteger)
-    national_id: Mapped[str] = mapped_column(String(12))
-    id_type: Mapped[str] = mapped_column(String(1))
-    civility: Mapped[str | None] = mapped_column(String(60))
-    last_name: Mapped[str] = mapped_column(String(200))
-    first_name: Mapped[str | None] = mapped_column(String(200))
-    profession_code: Mapped[str | None] = mapped_column(String(10))
-    profession_label: Mapped[str | None] = mapped_column(String(200))
-    specialty_code: Mapped[str | None] = mapped_column(String(20))
-    specialty_label: Mapped[str | None] = mapped_column(String(200))
-    mode_code: Mapped[str | None] = mapped_column(String(10))
-    mode_label: Mapped[str | None] = mapped_column(String(100))
-    structure_id: Mapped[str | None] = mapped_column(String(20))
-    structure_name: Mapped[str | None] = mapped_column(String(300))
-    postal_code: Mapped[str | None] = mapped_column(String(10))
-    city: Mapped[str | None] = mapped_column(String(200))
-    search_key: Mapped[str] = mapped_column(String(400))
-    active: Mapped[bool] = mapped_column(Boolean, default=True)
-    # The LDAP entry's DN for LDAP rows (incremental sync replaces by DN); NULL for file rows.
-    source_ref: Mapped[str | None] = mapped_column(String(1000))
+    ]
+    if with_source_ref:
+        indexes.append(Index(f"ix_{short}_source_ref", table.c.source_ref))
+    return indexes
 
 
-class DirectoryMailbox(Base):
-    """One published MSSanté mailbox (deduplicated on the address within a snapshot)."""
-
-    __tablename__ = "directory_mailboxes"
-    __table_args__ = (
-        UniqueConstraint("snapshot_id", "address", name="uq_directory_mailboxes_snapshot_address"),
-        Index("ix_directory_mailboxes_national_id", "snapshot_id", "national_id"),
-        Index("ix_directory_mailboxes_structure_id", "snapshot_id", "structure_id"),
-        Index(
-            "ix_directory_mailboxes_search_key",
-            "snapshot_id",
-            "search_key",
-            postgresql_ops={"search_key": "text_pattern_ops"},
-        ),
-    )
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    snapshot_id: Mapped[int] = mapped_column(BigInteger)
-    address: Mapped[str] = mapped_column(String(320))
-    type: Mapped[str] = mapped_column(String(3))
-    national_id: Mapped[str | None] = mapped_column(String(12))
-    structure_id: Mapped[str | None] = mapped_column(String(20))
-    service: Mapped[str | None] = mapped_column(String(300))
-    civility: Mapped[str | None] = mapped_column(String(60))
-    last_name: Mapped[str | None] = mapped_column(String(200))
-    first_name: Mapped[str | None] = mapped_column(String(200))
-    profession_code: Mapped[str | None] = mapped_column(String(10))
-    profession_label: Mapped[str | None] = mapped_column(String(200))
-    specialty_label: Mapped[str | None] = mapped_column(String(200))
-    structure_name: Mapped[str | None] = mapped_column(String(300))
-    postal_code: Mapped[str | None] = mapped_column(String(10))
-    listerouge: Mapped[bool] = mapped_column(Boolean, default=False)
-    search_key: Mapped[str] = mapped_column(String(400))
-    source_ref: Mapped[str | None] = mapped_column(String(1000))
+# The column templates, for checks and documentation (never created themselves).
+PRACTITIONER_TEMPLATE = Table("directory_practitioners_template", MetaData(), *_practitioner_columns())
+MAILBOX_TEMPLATE = Table("directory_mailboxes_template", MetaData(), *_mailbox_columns())

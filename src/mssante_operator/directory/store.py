@@ -1,8 +1,9 @@
-"""Snapshot bookkeeping and bulk loading of the mirror's tables.
+"""Snapshot bookkeeping, per-snapshot tables and bulk loading of the mirror.
 
-Loading goes through the driver connection (aiosqlite `executemany`, asyncpg `COPY`): it is the
-difference between minutes and seconds for two million rows. Each batch commits on its own; the
-rows are invisible to readers until `activate` flips the part's pointer in one transaction.
+Loading goes through the driver connection (aiosqlite `executemany`, asyncpg `COPY`) into tables
+that have no secondary index yet: appends only. `build_indexes` then sorts each index once, before
+`activate` flips the part's pointer in one transaction. A retired, refused or failed snapshot is
+discarded by dropping its tables.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Connection, Table, delete, func, insert, inspect, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mssante_operator.directory.formats import (
@@ -22,23 +23,39 @@ from mssante_operator.directory.formats import (
     PractitionerRow,
 )
 from mssante_operator.directory.models import (
+    SNAPSHOT_TABLE,
     DirectoryActive,
-    DirectoryMailbox,
-    DirectoryPractitioner,
     DirectorySnapshot,
+    lookup_indexes,
+    mailboxes_table,
+    practitioners_table,
 )
 from mssante_operator.store.models import utcnow
 
-PRACTITIONERS = DirectoryPractitioner.__tablename__
-MAILBOXES = DirectoryMailbox.__tablename__
 _STAGE = "directory_mailboxes_stage"
-_DELETE_BATCH = 50_000
 
 
 class Part:
     ACTIVITY = "activity"
     MAILBOX = "mailbox"
     LDAP = "ldap"
+
+
+def has_practitioners(part: str) -> bool:
+    return part in (Part.ACTIVITY, Part.LDAP)
+
+
+def has_mailboxes(part: str) -> bool:
+    return part in (Part.MAILBOX, Part.LDAP)
+
+
+def snapshot_tables(snapshot_id: int, part: str) -> list[Table]:
+    tables = []
+    if has_practitioners(part):
+        tables.append(practitioners_table(snapshot_id))
+    if has_mailboxes(part):
+        tables.append(mailboxes_table(snapshot_id))
+    return tables
 
 
 @dataclass(frozen=True)
@@ -54,6 +71,11 @@ class SnapshotInfo:
     rows_loaded: int
     rows_rejected: int
     high_water: str | None
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; they were written in UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def snapshot_info(row: Any) -> SnapshotInfo:
@@ -83,26 +105,41 @@ async def active_snapshots(conn: AsyncConnection) -> dict[str, SnapshotInfo]:
     return {info.part: info for info in infos}
 
 
-async def snapshot_by_id(conn: AsyncConnection, snapshot_id: int) -> SnapshotInfo | None:
-    row = (
-        await conn.execute(select(DirectorySnapshot.__table__).where(DirectorySnapshot.id == snapshot_id))
-    ).first()
-    return None if row is None else snapshot_info(row)
-
-
-async def active_ids(conn: AsyncConnection) -> tuple[int, ...]:
-    result = await conn.execute(select(DirectoryActive.snapshot_id).order_by(DirectoryActive.snapshot_id))
-    return tuple(result.scalars().all())
+async def active_parts(conn: AsyncConnection) -> dict[str, int]:
+    """part → snapshot id, for the parts that have one."""
+    result = await conn.execute(select(DirectoryActive.part, DirectoryActive.snapshot_id))
+    return {part: int(sid) for part, sid in result.all()}
 
 
 async def create_snapshot(engine: AsyncEngine, part: str, source: str, sha256: str | None) -> int:
+    """Record a new snapshot and create its (index-less) tables."""
     async with engine.begin() as conn:
         result = await conn.execute(
             insert(DirectorySnapshot)
             .values(part=part, status="loading", source=source[:1000], sha256=sha256, started_at=utcnow())
             .returning(DirectorySnapshot.id)
         )
-        return int(result.scalar_one())
+        snapshot_id = int(result.scalar_one())
+        for table in snapshot_tables(snapshot_id, part):
+            await conn.run_sync(table.create)
+    return snapshot_id
+
+
+async def build_indexes(engine: AsyncEngine, snapshot_id: int, part: str) -> None:
+    """Create the look-up indexes of a loaded snapshot (one sort each, much cheaper than inserting
+    into them row by row)."""
+    specs = []
+    if has_practitioners(part):
+        specs.append((practitioners_table(snapshot_id), True))
+    if has_mailboxes(part):
+        specs.append((mailboxes_table(snapshot_id), False))
+    for table, is_practitioners in specs:
+        for index in lookup_indexes(snapshot_id, is_practitioners, with_source_ref=part == Part.LDAP):
+            async with engine.begin() as conn:
+                await conn.run_sync(index.create)
+        async with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                await conn.execute(text(f"ANALYZE {table.name}"))
 
 
 async def finish_snapshot(
@@ -164,29 +201,22 @@ async def activate(engine: AsyncEngine, new: dict[str, int]) -> list[int]:
     return retired
 
 
-async def delete_snapshot_rows(
-    engine: AsyncEngine, snapshot_id: int, final_status: str | None = None
-) -> None:
-    """Delete a snapshot's rows in batches (a SQLite writer never holds the lock for long), then
-    give the snapshot its final status."""
-    for model in (DirectoryPractitioner, DirectoryMailbox):
-        while True:
-            async with engine.begin() as conn:
-                inner = select(model.id).where(model.snapshot_id == snapshot_id).limit(_DELETE_BATCH)
-                result = await conn.execute(delete(model).where(model.id.in_(inner.scalar_subquery())))
-            if result.rowcount < _DELETE_BATCH:
-                break
-    if final_status is not None:
-        async with engine.begin() as conn:
-            await conn.execute(
-                update(DirectorySnapshot)
-                .where(DirectorySnapshot.id == snapshot_id)
-                .values(status=final_status)
-            )
+def _drop_tables(connection: Connection, snapshot_id: int) -> None:
+    for table in (practitioners_table(snapshot_id), mailboxes_table(snapshot_id)):
+        table.drop(connection, checkfirst=True)
+
+
+async def discard_snapshot(engine: AsyncEngine, snapshot_id: int, final_status: str) -> None:
+    """Drop a snapshot's tables and record why it is gone (retired, refused, failed)."""
+    async with engine.begin() as conn:
+        await conn.run_sync(_drop_tables, snapshot_id)
+        await conn.execute(
+            update(DirectorySnapshot).where(DirectorySnapshot.id == snapshot_id).values(status=final_status)
+        )
 
 
 async def purge_stale(engine: AsyncEngine, part: str, stale_after: timedelta = timedelta(hours=6)) -> int:
-    """Delete rows a crash left behind: snapshots still "retiring", or "loading" for too long."""
+    """Drop what a crash left behind: snapshots still "retiring", or "loading" for too long."""
     cutoff = utcnow() - stale_after
     async with engine.connect() as conn:
         result = await conn.execute(
@@ -199,36 +229,29 @@ async def purge_stale(engine: AsyncEngine, part: str, stale_after: timedelta = t
     for snapshot_id, status, started_at in rows:
         if status == "loading" and _aware(started_at) > cutoff:
             continue  # possibly another import still running
-        await delete_snapshot_rows(engine, snapshot_id, "retired" if status == "retiring" else "failed")
+        await discard_snapshot(engine, snapshot_id, "retired" if status == "retiring" else "failed")
         purged += 1
     return purged
 
 
-def _aware(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; they were written in UTC.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+def _snapshot_table_names(connection: Connection) -> list[str]:
+    return sorted(name for name in inspect(connection).get_table_names() if SNAPSHOT_TABLE.match(name))
 
 
-async def count_rows(conn: AsyncConnection, snapshot_id: int) -> tuple[int, int]:
-    practitioners = (
-        await conn.execute(
-            select(func.count())
-            .select_from(DirectoryPractitioner)
-            .where(DirectoryPractitioner.snapshot_id == snapshot_id)
-        )
-    ).scalar_one()
-    mailboxes = (
-        await conn.execute(
-            select(func.count())
-            .select_from(DirectoryMailbox)
-            .where(DirectoryMailbox.snapshot_id == snapshot_id)
-        )
-    ).scalar_one()
-    return int(practitioners), int(mailboxes)
+async def existing_snapshot_tables(conn: AsyncConnection) -> list[str]:
+    """Every per-snapshot table present in the database (for checks and the migration's downgrade)."""
+    return await conn.run_sync(_snapshot_table_names)
+
+
+async def count_rows(conn: AsyncConnection, snapshot_id: int, part: str) -> int:
+    total = 0
+    for table in snapshot_tables(snapshot_id, part):
+        total += int((await conn.execute(select(func.count()).select_from(table))).scalar_one())
+    return total
 
 
 class BulkLoader:
-    """Inserts batches of rows into a snapshot through the driver connection."""
+    """Inserts batches of rows into a snapshot's tables through the driver connection."""
 
     def __init__(self, conn: AsyncConnection, driver: Any, dialect: str) -> None:
         self._conn = conn
@@ -242,8 +265,8 @@ class BulkLoader:
         loader = cls(conn, raw.driver_connection, conn.dialect.name)
         if not loader._pg:
             # Rows invisible until the flip need no per-batch fsync (the flip itself commits with
-            # synchronous=FULL on another connection); a bigger page cache keeps index inserts
-            # from re-reading pages. Both are put back in close().
+            # synchronous=FULL on another connection); a bigger page cache helps the unique index
+            # of the mailbox table. Both are put back in close().
             await loader._driver.execute("PRAGMA synchronous=NORMAL")
             await loader._driver.execute("PRAGMA cache_size=-65536")
         return loader
@@ -251,15 +274,13 @@ class BulkLoader:
     async def practitioners(self, snapshot_id: int, rows: Sequence[PractitionerRow]) -> int:
         if not rows:
             return 0
+        table = practitioners_table(snapshot_id).name
         if self._pg:
-            records = [(snapshot_id, *row) for row in rows]
-            await self._driver.copy_records_to_table(
-                PRACTITIONERS, records=records, columns=("snapshot_id", *PRACTITIONER_COLUMNS)
-            )
+            await self._driver.copy_records_to_table(table, records=rows, columns=PRACTITIONER_COLUMNS)
             return len(rows)
         sql = (
-            f"INSERT INTO {PRACTITIONERS} (snapshot_id, {', '.join(PRACTITIONER_COLUMNS)}) "
-            f"VALUES ({int(snapshot_id)}, {', '.join('?' * len(PRACTITIONER_COLUMNS))})"
+            f"INSERT INTO {table} ({', '.join(PRACTITIONER_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(PRACTITIONER_COLUMNS))})"
         )
         await self._driver.executemany(sql, rows)
         await self._driver.commit()
@@ -269,6 +290,7 @@ class BulkLoader:
         """Insert, skipping addresses the snapshot already has; return how many were new."""
         if not rows:
             return 0
+        table = mailboxes_table(snapshot_id).name
         columns = ", ".join(MAILBOX_COLUMNS)
         if self._pg:
             pg = self._driver
@@ -276,25 +298,19 @@ class BulkLoader:
                 if not self._stage_ready:
                     await pg.execute(
                         f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} AS "
-                        f"SELECT snapshot_id, {columns} FROM {MAILBOXES} WITH NO DATA"
+                        f"SELECT {columns} FROM {table} WITH NO DATA"
                     )
                     self._stage_ready = True
-                await pg.copy_records_to_table(
-                    _STAGE,
-                    records=[(snapshot_id, *row) for row in rows],
-                    columns=("snapshot_id", *MAILBOX_COLUMNS),
-                )
+                await pg.copy_records_to_table(_STAGE, records=rows, columns=MAILBOX_COLUMNS)
                 status = await pg.execute(
-                    f"INSERT INTO {MAILBOXES} (snapshot_id, {columns}) "
-                    f"SELECT DISTINCT ON (address) snapshot_id, {columns} FROM {_STAGE} "
-                    "ON CONFLICT (snapshot_id, address) DO NOTHING"
+                    f"INSERT INTO {table} ({columns}) SELECT DISTINCT ON (address) {columns} FROM {_STAGE} "
+                    "ON CONFLICT (address) DO NOTHING"
                 )
                 await pg.execute(f"TRUNCATE {_STAGE}")
             return int(str(status).rsplit(" ", 1)[-1])
         sql = (
-            f"INSERT INTO {MAILBOXES} (snapshot_id, {columns}) "
-            f"VALUES ({int(snapshot_id)}, {', '.join('?' * len(MAILBOX_COLUMNS))}) "
-            "ON CONFLICT (snapshot_id, address) DO NOTHING"
+            f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(MAILBOX_COLUMNS))}) "
+            "ON CONFLICT (address) DO NOTHING"
         )
         cursor = await self._driver.executemany(sql, rows)
         inserted = int(cursor.rowcount)
@@ -318,23 +334,13 @@ async def replace_ldap_rows(
     mailboxes: Sequence[MailboxRow],
 ) -> None:
     """Incremental LDAP sync: replace the rows of the given entries (by DN) inside `conn`'s transaction."""
+    ptable, mtable = practitioners_table(snapshot_id), mailboxes_table(snapshot_id)
     for start in range(0, len(refs), 500):
         chunk = list(refs[start : start + 500])
-        await conn.execute(
-            delete(DirectoryPractitioner).where(
-                DirectoryPractitioner.snapshot_id == snapshot_id, DirectoryPractitioner.source_ref.in_(chunk)
-            )
-        )
-        await conn.execute(
-            delete(DirectoryMailbox).where(
-                DirectoryMailbox.snapshot_id == snapshot_id, DirectoryMailbox.source_ref.in_(chunk)
-            )
-        )
+        await conn.execute(delete(ptable).where(ptable.c.source_ref.in_(chunk)))
+        await conn.execute(delete(mtable).where(mtable.c.source_ref.in_(chunk)))
     if practitioners:
-        await conn.execute(
-            insert(DirectoryPractitioner),
-            [{"snapshot_id": snapshot_id, **row._asdict()} for row in practitioners],
-        )
+        await conn.execute(insert(ptable), [row._asdict() for row in practitioners])
     seen: set[str] = set()
     unique: list[dict[str, Any]] = []
     for row in mailboxes:
@@ -342,11 +348,7 @@ async def replace_ldap_rows(
             continue
         seen.add(row.address)
         # An address moving from one entry to another: the newest entry wins.
-        await conn.execute(
-            delete(DirectoryMailbox).where(
-                DirectoryMailbox.snapshot_id == snapshot_id, DirectoryMailbox.address == row.address
-            )
-        )
-        unique.append({"snapshot_id": snapshot_id, **row._asdict()})
+        await conn.execute(delete(mtable).where(mtable.c.address == row.address))
+        unique.append(row._asdict())
     if unique:
-        await conn.execute(insert(DirectoryMailbox), unique)
+        await conn.execute(insert(mtable), unique)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -193,6 +194,16 @@ async def test_bad_credentials(engine: AsyncEngine, slapd: Slapd) -> None:
 @pytest.fixture
 def silent_server() -> Iterator[int]:
     """A TCP server that accepts and never answers: an LDAP server that hangs."""
+    yield from _tcp_server(b"")
+
+
+@pytest.fixture
+def garbage_server() -> Iterator[int]:
+    """A TCP server that answers anything with bytes that are not LDAP."""
+    yield from _tcp_server(b"\x30\x05\x02\x01\x01\x61\xff" + b"HTTP/1.1 400 Bad Request\r\n\r\n" * 4)
+
+
+def _tcp_server(reply: bytes) -> Iterator[int]:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -203,9 +214,14 @@ def silent_server() -> Iterator[int]:
         listener.settimeout(0.2)
         while not stop.is_set():
             try:
-                accepted.append(listener.accept()[0])
+                client = listener.accept()[0]
             except OSError:
                 continue
+            accepted.append(client)
+            if reply:
+                with contextlib.suppress(OSError):
+                    client.recv(4096)
+                    client.sendall(reply)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -236,6 +252,15 @@ async def test_down_or_hanging_servers_leave_the_mirror(
         )
     assert time.monotonic() - started < 30
     assert await DirectoryMirror(engine).is_known_mailbox(f"cardiologie@{DOMAIN}")
+
+
+async def test_a_server_answering_garbage_is_reported(engine: AsyncEngine, garbage_server: int) -> None:
+    cfg = DirectoryLdapSettings(
+        url=f"ldap://127.0.0.1:{garbage_server}", start_tls=False, base_dn=BASE, timeout_seconds=2
+    )
+    with pytest.raises(LdapSyncError, match=f"127.0.0.1:{garbage_server}"):
+        await sync_ldap(engine, cfg)
+    assert not await DirectoryMirror(engine).is_loaded()
 
 
 async def test_garbage_entries_are_rejected_and_can_refuse_the_sync(

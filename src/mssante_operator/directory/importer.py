@@ -258,6 +258,10 @@ async def import_files(
                 report.outcome = Outcome.FAILED
                 report.message = str(exc)
                 raise
+            if kind is FileKind.MAILBOX:
+                removed = await store.dedupe_mailboxes(engine, snapshot_id)
+                report.rows_loaded -= removed
+                report.duplicates += removed
             await store.finish_snapshot(
                 engine,
                 snapshot_id,

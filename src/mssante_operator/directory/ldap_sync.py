@@ -218,6 +218,8 @@ async def _full(
                 report.practitioners += await loader.practitioners(snapshot_id, practitioners)
                 report.mailboxes += await loader.mailboxes(snapshot_id, mailboxes)
             await loader.close()
+        # Two entries may publish the same address: keep one.
+        report.mailboxes -= await store.dedupe_mailboxes(engine, snapshot_id)
     except BaseException:
         await store.discard_snapshot(engine, snapshot_id, "failed")
         raise

@@ -113,11 +113,8 @@ def practitioners_table(snapshot_id: int) -> Table:
 
 @lru_cache(maxsize=256)
 def mailboxes_table(snapshot_id: int) -> Table:
-    """One published MSSanté mailbox per row, unique on the address."""
-    table = Table(f"{MAILBOXES_PREFIX}{int(snapshot_id)}", MetaData(), *_mailbox_columns())
-    # Created with the table: the load relies on it to drop the mailbox file's repeated lines.
-    Index(f"ux_dms{int(snapshot_id)}_address", table.c.address, unique=True)
-    return table
+    """One published MSSanté mailbox per row; unique on the address once deduplicated and indexed."""
+    return Table(f"{MAILBOXES_PREFIX}{int(snapshot_id)}", MetaData(), *_mailbox_columns())
 
 
 def lookup_indexes(snapshot_id: int, practitioners: bool, with_source_ref: bool) -> list[Index]:

@@ -32,8 +32,6 @@ from mssante_operator.directory.models import (
 )
 from mssante_operator.store.models import utcnow
 
-_STAGE = "directory_mailboxes_stage"
-
 
 class Part:
     ACTIVITY = "activity"
@@ -125,9 +123,22 @@ async def create_snapshot(engine: AsyncEngine, part: str, source: str, sha256: s
     return snapshot_id
 
 
+async def dedupe_mailboxes(engine: AsyncEngine, snapshot_id: int) -> int:
+    """Keep the first line of each address (the file repeats a mailbox once per activity of its
+    owner); one set-based statement instead of a unique index maintained during the load."""
+    table = mailboxes_table(snapshot_id).name
+    async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            sql = f"DELETE FROM {table} a USING {table} b WHERE a.address = b.address AND a.ctid > b.ctid"
+        else:
+            sql = f"DELETE FROM {table} WHERE rowid NOT IN (SELECT min(rowid) FROM {table} GROUP BY address)"
+        result = await conn.execute(text(sql))
+    return int(result.rowcount)
+
+
 async def build_indexes(engine: AsyncEngine, snapshot_id: int, part: str) -> None:
-    """Create the look-up indexes of a loaded snapshot (one sort each, much cheaper than inserting
-    into them row by row)."""
+    """Create the look-up indexes of a loaded (and deduplicated) snapshot: one sort each, much
+    cheaper than inserting into them row by row."""
     specs = []
     if has_practitioners(part):
         specs.append((practitioners_table(snapshot_id), True))
@@ -257,7 +268,6 @@ class BulkLoader:
         self._conn = conn
         self._driver = driver
         self._pg = dialect == "postgresql"
-        self._stage_ready = False
 
     @classmethod
     async def open(cls, conn: AsyncConnection) -> BulkLoader:
@@ -287,40 +297,23 @@ class BulkLoader:
         return len(rows)
 
     async def mailboxes(self, snapshot_id: int, rows: Sequence[MailboxRow]) -> int:
-        """Insert, skipping addresses the snapshot already has; return how many were new."""
+        """Append mailbox rows; repeated addresses are removed afterwards by `dedupe_mailboxes`."""
         if not rows:
             return 0
         table = mailboxes_table(snapshot_id).name
-        columns = ", ".join(MAILBOX_COLUMNS)
         if self._pg:
-            pg = self._driver
-            async with pg.transaction():
-                if not self._stage_ready:
-                    await pg.execute(
-                        f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} AS "
-                        f"SELECT {columns} FROM {table} WITH NO DATA"
-                    )
-                    self._stage_ready = True
-                await pg.copy_records_to_table(_STAGE, records=rows, columns=MAILBOX_COLUMNS)
-                status = await pg.execute(
-                    f"INSERT INTO {table} ({columns}) SELECT DISTINCT ON (address) {columns} FROM {_STAGE} "
-                    "ON CONFLICT (address) DO NOTHING"
-                )
-                await pg.execute(f"TRUNCATE {_STAGE}")
-            return int(str(status).rsplit(" ", 1)[-1])
+            await self._driver.copy_records_to_table(table, records=rows, columns=MAILBOX_COLUMNS)
+            return len(rows)
         sql = (
-            f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(MAILBOX_COLUMNS))}) "
-            "ON CONFLICT (address) DO NOTHING"
+            f"INSERT INTO {table} ({', '.join(MAILBOX_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(MAILBOX_COLUMNS))})"
         )
-        cursor = await self._driver.executemany(sql, rows)
-        inserted = int(cursor.rowcount)
+        await self._driver.executemany(sql, rows)
         await self._driver.commit()
-        return inserted
+        return len(rows)
 
     async def close(self) -> None:
         if self._pg:
-            if self._stage_ready:
-                await self._driver.execute(f"DROP TABLE IF EXISTS {_STAGE}")
             return
         await self._driver.execute("PRAGMA synchronous=FULL")
         await self._driver.execute("PRAGMA cache_size=-2000")

@@ -29,8 +29,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from directory_import import generate
 
-from mssante_operator.directory import DirectoryMirror, import_files
-from mssante_operator.directory.models import DirectoryMailbox, DirectoryPractitioner
+from mssante_operator.directory import DirectoryMirror, import_files, store
+from mssante_operator.directory.models import mailboxes_table, practitioners_table
 from mssante_operator.store import create_engine, upgrade
 
 PG_DSN = os.environ.get("MSSANTE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -70,17 +70,17 @@ async def timed(calls: list[Callable[[], Awaitable[object]]]) -> dict[str, float
 
 async def sample(engine: AsyncEngine, n: int) -> tuple[list[str], list[str], list[str]]:
     async with engine.connect() as conn:
-        ids = (
-            await conn.execute(select(DirectoryPractitioner.national_id).order_by(func.random()).limit(n))
-        ).scalars()
-        national_ids = list(ids)
+        active = await store.active_parts(conn)
+        people = practitioners_table(active["activity"])
+        boxes = mailboxes_table(active["mailbox"])
+        national_ids = list(
+            (await conn.execute(select(people.c.national_id).order_by(func.random()).limit(n))).scalars()
+        )
         addresses = list(
-            (await conn.execute(select(DirectoryMailbox.address).order_by(func.random()).limit(n))).scalars()
+            (await conn.execute(select(boxes.c.address).order_by(func.random()).limit(n))).scalars()
         )
         names = list(
-            (
-                await conn.execute(select(DirectoryPractitioner.search_key).order_by(func.random()).limit(n))
-            ).scalars()
+            (await conn.execute(select(people.c.search_key).order_by(func.random()).limit(n))).scalars()
         )
     return national_ids, addresses, names
 

@@ -327,3 +327,33 @@ async def test_downgrade_drops_the_snapshot_tables(engine: AsyncEngine, tmp_path
         assert await dstore.existing_snapshot_tables(conn) == []
     await upgrade(engine)
     assert not await DirectoryMirror(engine).is_loaded()
+
+
+async def test_look_ups_use_indexes(engine: AsyncEngine, tmp_path: Path) -> None:
+    """Every look-up of the mail path must be an index search, never a scan of two million rows."""
+    from mssante_operator.directory.models import mailboxes_table, practitioners_table
+
+    await import_files(engine, list(base_files(tmp_path)))
+    async with engine.connect() as conn:
+        active = await dstore.active_parts(conn)
+        people, boxes = practitioners_table(active["activity"]).name, mailboxes_table(active["mailbox"]).name
+        queries = [
+            f"SELECT * FROM {boxes} WHERE address = 'a@b.fr'",
+            f"SELECT * FROM {boxes} WHERE national_id = '810000000009'",
+            f"SELECT * FROM {boxes} WHERE structure_id = '1750000018'",
+            f"SELECT * FROM {people} WHERE national_id = '810000000009'",
+            f"SELECT * FROM {people} WHERE structure_id = '1750000018'",
+        ]
+        if engine.dialect.name == "sqlite":
+            queries.append(f"SELECT * FROM {people} WHERE search_key >= 'mar' AND search_key < 'mar\x7f'")
+            for sql in queries:
+                plan = " ".join(
+                    str(row[-1]) for row in (await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+                )
+                assert "USING INDEX" in plan, (sql, plan)
+        else:
+            queries.append(f"SELECT * FROM {people} WHERE search_key LIKE 'mar%'")
+            await conn.exec_driver_sql("SET enable_seqscan = off")
+            for sql in queries:
+                plan = " ".join(str(row[0]) for row in (await conn.exec_driver_sql(f"EXPLAIN {sql}")))
+                assert "Index" in plan, (sql, plan)

@@ -137,6 +137,8 @@ def lookup_indexes(snapshot_id: int, practitioners: bool, with_source_ref: bool)
             f"ix_{short}_search_key", table.c.search_key, postgresql_ops={"search_key": "text_pattern_ops"}
         ),
     ]
+    if not practitioners:
+        indexes.append(Index(f"ux_{short}_address", table.c.address, unique=True))
     if with_source_ref:
         indexes.append(Index(f"ix_{short}_source_ref", table.c.source_ref))
     return indexes

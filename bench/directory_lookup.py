@@ -115,6 +115,8 @@ async def run(url: str, files: list[Path], n: int) -> dict[str, object]:
     )
     results["address_cached"] = await timed([lambda a=a: warm.lookup_mailbox(a) for a in addresses])
     results["name_search"] = await timed([lambda p=p: cold.search_name(p, 20) for p in prefixes])
+    await cold.close()
+    await warm.close()
     await engine.dispose()
     return results
 

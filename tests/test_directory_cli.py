@@ -158,6 +158,7 @@ def test_generate_sample_without_config(tmp_path: Path) -> None:
 
 def test_demo_directory_owns_the_demo_mailboxes(config: Path, tmp_path: Path) -> None:
     import asyncio
+    import contextlib
 
     from mssante_operator.config import load_settings
     from mssante_operator.directory import DirectoryMirror, load_demo_directory
@@ -167,6 +168,7 @@ def test_demo_directory_owns_the_demo_mailboxes(config: Path, tmp_path: Path) ->
 
     async def go() -> None:
         engine = create_engine(settings.store.url.get_secret_value())
+        stack = contextlib.AsyncExitStack()
         try:
             await upgrade(engine)
             first = await load_demo_directory(engine, settings, practitioners=30)
@@ -174,6 +176,7 @@ def test_demo_directory_owns_the_demo_mailboxes(config: Path, tmp_path: Path) ->
             again = await load_demo_directory(engine, settings, practitioners=30)
             assert not again.applied  # same content: no-op
             mirror = DirectoryMirror(engine)
+            await stack.enter_async_context(mirror)
             owner = await mirror.practitioner_for("810000000009")
             assert owner is not None and owner.active
             assert [m.address for m in owner.mailboxes] == ["jean.martin@hopital-demo.mssante.test"]
@@ -185,6 +188,7 @@ def test_demo_directory_owns_the_demo_mailboxes(config: Path, tmp_path: Path) ->
             )
             assert decision.allowed
         finally:
+            await stack.aclose()
             await engine.dispose()
 
     asyncio.run(go())

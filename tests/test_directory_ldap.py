@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import ldap3
@@ -23,6 +23,24 @@ from mssante_operator.directory.formats import RowError
 from mssante_operator.directory.ldap_map import LdapEntry, later_timestamp, map_entry
 from mssante_operator.directory.ldap_sync import LdapClient, LdapSyncError, sync_ldap
 from slapd_server import ADMIN_DN, ADMIN_PASSWORD, BASE, SYNC_DN, SYNC_PASSWORD, Slapd, running_slapd
+
+MirrorFactory = Callable[..., DirectoryMirror]
+
+
+@pytest.fixture
+async def mirrors(engine: AsyncEngine) -> AsyncIterator[MirrorFactory]:
+    """DirectoryMirror instances on the test's engine, closed at the end of the test."""
+    made: list[DirectoryMirror] = []
+
+    def make(**options: object) -> DirectoryMirror:
+        mirror = DirectoryMirror(engine, **options)  # type: ignore[arg-type]
+        made.append(mirror)
+        return mirror
+
+    yield make
+    for mirror in made:
+        await mirror.close()
+
 
 DOMAIN = "hopital-demo.mssante.test"
 MAPPING = LdapAttributeMap(
@@ -105,13 +123,15 @@ def settings(server: Slapd, base_dn: str, **overrides: object) -> DirectoryLdapS
     return DirectoryLdapSettings.model_validate(values)
 
 
-async def test_full_sync_over_starttls_with_simple_bind(engine: AsyncEngine, slapd: Slapd) -> None:
+async def test_full_sync_over_starttls_with_simple_bind(
+    engine: AsyncEngine, slapd: Slapd, mirrors: MirrorFactory
+) -> None:
     ou = new_ou(slapd, "full")
     report = await sync_ldap(engine, settings(slapd, ou))
     assert report.applied and report.mode == "full" and report.entries == 3 and report.rejected == 0
     assert (report.practitioners, report.mailboxes) == (2, 3)
     assert report.high_water is not None and report.high_water.endswith("Z")
-    mirror = DirectoryMirror(engine)
+    mirror = mirrors()
     martin = await mirror.lookup_national_id("8" + DR_MARTIN)
     assert martin is not None and martin.active and martin.last_name == "MARTIN"
     assert martin.activities[0].source == "ldap" and martin.activities[0].structure_id == "1750000018"
@@ -125,7 +145,9 @@ async def test_full_sync_over_starttls_with_simple_bind(engine: AsyncEngine, sla
     assert [p.part for p in stats.parts] == ["ldap"] and stats.parts[0].source.startswith(slapd.ldap_url)
 
 
-async def test_incremental_sync_fetches_only_changed_entries(engine: AsyncEngine, slapd: Slapd) -> None:
+async def test_incremental_sync_fetches_only_changed_entries(
+    engine: AsyncEngine, slapd: Slapd, mirrors: MirrorFactory
+) -> None:
     ou = new_ou(slapd, "incremental")
     with admin(slapd) as conn:
         gone = person(conn, ou, "parti", sn="PARTI", employeeNumber="8" + DR_NGUYEN, mail=f"parti@{DOMAIN}")
@@ -145,7 +167,7 @@ async def test_incremental_sync_fetches_only_changed_entries(engine: AsyncEngine
     assert second.applied and second.mode == "incremental"
     # The entry at the previous high-water mark, the modified one and the new one; not the others.
     assert second.entries == 3, second
-    mirror = DirectoryMirror(engine, refresh_seconds=0, cache_size=0)
+    mirror = mirrors(refresh_seconds=0, cache_size=0)
     martin = await mirror.lookup_national_id("8" + DR_MARTIN)
     assert martin is not None and martin.last_name == "MARTIN-DURAND"
     assert await mirror.is_known_mailbox(f"paul.nouveau@{DOMAIN}")
@@ -177,13 +199,15 @@ async def test_ldaps_with_a_client_certificate(engine: AsyncEngine, slapd: Slapd
     assert report.applied and report.entries == 3
 
 
-async def test_an_unknown_server_certificate_is_refused(engine: AsyncEngine, slapd: Slapd) -> None:
+async def test_an_unknown_server_certificate_is_refused(
+    engine: AsyncEngine, slapd: Slapd, mirrors: MirrorFactory
+) -> None:
     ou = new_ou(slapd, "badca")
     assert (await sync_ldap(engine, settings(slapd, ou))).applied
     for url in (slapd.ldap_url, slapd.ldaps_url):
         with pytest.raises(LdapSyncError, match="cannot connect and bind"):
             await sync_ldap(engine, settings(slapd, ou, url=url, ca_file=slapd.pki.other_ca_file))
-    assert await DirectoryMirror(engine).is_known_mailbox(f"cardiologie@{DOMAIN}")
+    assert await mirrors().is_known_mailbox(f"cardiologie@{DOMAIN}")
 
 
 async def test_bad_credentials(engine: AsyncEngine, slapd: Slapd) -> None:
@@ -236,7 +260,7 @@ def _tcp_server(reply: bytes) -> Iterator[int]:
 
 
 async def test_down_or_hanging_servers_leave_the_mirror(
-    engine: AsyncEngine, slapd: Slapd, silent_server: int
+    engine: AsyncEngine, slapd: Slapd, silent_server: int, mirrors: MirrorFactory
 ) -> None:
     ou = new_ou(slapd, "down")
     assert (await sync_ldap(engine, settings(slapd, ou))).applied
@@ -251,20 +275,22 @@ async def test_down_or_hanging_servers_leave_the_mirror(
             engine, settings(slapd, ou, url=f"ldap://127.0.0.1:{silent_server}", timeout_seconds=1)
         )
     assert time.monotonic() - started < 30
-    assert await DirectoryMirror(engine).is_known_mailbox(f"cardiologie@{DOMAIN}")
+    assert await mirrors().is_known_mailbox(f"cardiologie@{DOMAIN}")
 
 
-async def test_a_server_answering_garbage_is_reported(engine: AsyncEngine, garbage_server: int) -> None:
+async def test_a_server_answering_garbage_is_reported(
+    engine: AsyncEngine, garbage_server: int, mirrors: MirrorFactory
+) -> None:
     cfg = DirectoryLdapSettings(
         url=f"ldap://127.0.0.1:{garbage_server}", start_tls=False, base_dn=BASE, timeout_seconds=2
     )
     with pytest.raises(LdapSyncError, match=f"127.0.0.1:{garbage_server}"):
         await sync_ldap(engine, cfg)
-    assert not await DirectoryMirror(engine).is_loaded()
+    assert not await mirrors().is_loaded()
 
 
 async def test_garbage_entries_are_rejected_and_can_refuse_the_sync(
-    engine: AsyncEngine, slapd: Slapd
+    engine: AsyncEngine, slapd: Slapd, mirrors: MirrorFactory
 ) -> None:
     ou = new_ou(slapd, "garbage")
     with admin(slapd) as conn:
@@ -272,17 +298,19 @@ async def test_garbage_entries_are_rejected_and_can_refuse_the_sync(
     refused = await sync_ldap(engine, settings(slapd, ou))
     assert refused.refused and not refused.applied and "above the limit" in refused.message
     assert refused.rejections[0].startswith(f"uid=faux,{ou}") and "national id" in refused.rejections[0]
-    assert not await DirectoryMirror(engine).is_loaded()
+    assert not await mirrors().is_loaded()
     accepted = await sync_ldap(engine, settings(slapd, ou), max_reject_rate=0.5)
     assert accepted.applied and accepted.rejected == 1 and accepted.entries == 4
 
 
-async def test_an_empty_search_does_not_empty_the_mirror(engine: AsyncEngine, slapd: Slapd) -> None:
+async def test_an_empty_search_does_not_empty_the_mirror(
+    engine: AsyncEngine, slapd: Slapd, mirrors: MirrorFactory
+) -> None:
     ou = new_ou(slapd, "empty")
     assert (await sync_ldap(engine, settings(slapd, ou))).applied
     report = await sync_ldap(engine, settings(slapd, ou, filter="(uid=nobody)", incremental=False))
     assert report.refused and "no entry" in report.message
-    assert await DirectoryMirror(engine).is_known_mailbox(f"cardiologie@{DOMAIN}")
+    assert await mirrors().is_known_mailbox(f"cardiologie@{DOMAIN}")
 
 
 # -- the mapping alone (no server) ---------------------------------------------------------------

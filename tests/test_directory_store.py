@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import zipfile
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -35,6 +36,23 @@ from mssante_operator.directory.models import DirectorySnapshot
 from mssante_operator.store import session_factory
 from mssante_operator.store.models import utcnow
 
+MirrorFactory = Callable[..., DirectoryMirror]
+
+
+@pytest.fixture
+async def mirrors(engine: AsyncEngine) -> AsyncIterator[MirrorFactory]:
+    """DirectoryMirror instances on the test's engine, closed at the end of the test."""
+    made: list[DirectoryMirror] = []
+
+    def make(**options: object) -> DirectoryMirror:
+        mirror = DirectoryMirror(engine, **options)  # type: ignore[arg-type]
+        made.append(mirror)
+        return mirror
+
+    yield make
+    for mirror in made:
+        await mirror.close()
+
 
 async def stray_tables(engine: AsyncEngine) -> list[str]:
     """Per-snapshot tables that belong to no active snapshot (there should be none)."""
@@ -46,7 +64,9 @@ async def stray_tables(engine: AsyncEngine) -> list[str]:
     return sorted(set(present) - expected)
 
 
-async def test_import_then_look_up_everything(engine: AsyncEngine, tmp_path: Path) -> None:
+async def test_import_then_look_up_everything(
+    engine: AsyncEngine, tmp_path: Path, mirrors: MirrorFactory
+) -> None:
     report = await import_files(engine, list(base_files(tmp_path)))
     assert report.applied and report.ok
     by_kind = {f.kind.value: f for f in report.files}
@@ -57,7 +77,7 @@ async def test_import_then_look_up_everything(engine: AsyncEngine, tmp_path: Pat
         1,
     )
 
-    mirror = DirectoryMirror(session_factory(engine))
+    mirror = mirrors()
     martin = await mirror.lookup_national_id("8" + DR_MARTIN)
     assert martin is not None and martin.active and martin.rpps == DR_MARTIN
     assert martin.display_name == "Jean MARTIN" and martin.profession_label == "Médecin"
@@ -151,7 +171,9 @@ async def test_zip_input(engine: AsyncEngine, tmp_path: Path) -> None:
     assert not (await import_files(engine, [activity, mailboxes])).applied
 
 
-async def test_a_new_snapshot_replaces_the_old_one_whole(engine: AsyncEngine, tmp_path: Path) -> None:
+async def test_a_new_snapshot_replaces_the_old_one_whole(
+    engine: AsyncEngine, tmp_path: Path, mirrors: MirrorFactory
+) -> None:
     await import_files(engine, list(base_files(tmp_path / "v1")))
     activity = write_activity(
         tmp_path / "PS_LibreAcces_Personne_activite_202611080000.txt",
@@ -159,7 +181,7 @@ async def test_a_new_snapshot_replaces_the_old_one_whole(engine: AsyncEngine, tm
     )
     report = await import_files(engine, [activity])
     assert report.applied
-    mirror = DirectoryMirror(engine)
+    mirror = mirrors()
     assert await mirror.lookup_national_id("8" + DR_MARTIN) is not None  # still has a mailbox line
     martin = await mirror.lookup_national_id("8" + DR_MARTIN)
     assert martin is not None and not martin.active
@@ -171,7 +193,9 @@ async def test_a_new_snapshot_replaces_the_old_one_whole(engine: AsyncEngine, tm
     assert sorted(statuses) == [("activity", "active"), ("activity", "retired"), ("mailbox", "active")]
 
 
-async def test_an_import_above_the_rejection_limit_is_refused(engine: AsyncEngine, tmp_path: Path) -> None:
+async def test_an_import_above_the_rejection_limit_is_refused(
+    engine: AsyncEngine, tmp_path: Path, mirrors: MirrorFactory
+) -> None:
     await import_files(engine, list(base_files(tmp_path / "v1")))
     bad = write_activity(
         tmp_path / "PS_LibreAcces_Personne_activite_202611080000.txt",
@@ -188,7 +212,7 @@ async def test_an_import_above_the_rejection_limit_is_refused(engine: AsyncEngin
     assert (
         activity_report.rejections[0].line == 3 and "Identifiant PP" in activity_report.rejections[0].reason
     )
-    mirror = DirectoryMirror(engine, refresh_seconds=0)
+    mirror = mirrors(refresh_seconds=0)
     assert (await mirror.lookup_national_id("8" + DR_MARTIN)) is not None
     assert not await mirror.is_known_mailbox("paul.nouveau@medecin.mssante.fr")
     assert await stray_tables(engine) == []
@@ -197,15 +221,19 @@ async def test_an_import_above_the_rejection_limit_is_refused(engine: AsyncEngin
     assert await mirror.is_known_mailbox("paul.nouveau@medecin.mssante.fr")
 
 
-async def test_a_file_without_data_is_refused(engine: AsyncEngine, tmp_path: Path) -> None:
+async def test_a_file_without_data_is_refused(
+    engine: AsyncEngine, tmp_path: Path, mirrors: MirrorFactory
+) -> None:
     await import_files(engine, list(base_files(tmp_path / "v1")))
     empty = write_activity(tmp_path / "PS_LibreAcces_Personne_activite_202611080000.txt", [])
     report = await import_files(engine, [empty])
     assert not report.applied and "no usable data line" in report.files[0].message
-    assert await DirectoryMirror(engine).lookup_national_id("8" + DR_MARTIN) is not None
+    assert await mirrors().lookup_national_id("8" + DR_MARTIN) is not None
 
 
-async def test_a_broken_archive_fails_and_leaves_the_mirror(engine: AsyncEngine, tmp_path: Path) -> None:
+async def test_a_broken_archive_fails_and_leaves_the_mirror(
+    engine: AsyncEngine, tmp_path: Path, mirrors: MirrorFactory
+) -> None:
     await import_files(engine, list(base_files(tmp_path / "v1")))
     activity, _ = generate_sample(tmp_path / "v2", 200, stamp="202611080000")
     archive = tmp_path / "broken.zip"
@@ -217,7 +245,7 @@ async def test_a_broken_archive_fails_and_leaves_the_mirror(engine: AsyncEngine,
     archive.write_bytes(bytes(data))
     with pytest.raises(DirectoryImportError, match="read error"):
         await import_files(engine, [archive])
-    assert await DirectoryMirror(engine).lookup_national_id("8" + DR_MARTIN) is not None
+    assert await mirrors().lookup_national_id("8" + DR_MARTIN) is not None
     assert await stray_tables(engine) == []
 
 
@@ -236,10 +264,12 @@ async def test_two_files_of_one_kind_and_bad_headers_are_refused_up_front(
         assert (await conn.execute(select(func.count()).select_from(DirectorySnapshot))).scalar_one() == 0
 
 
-async def test_readers_see_the_old_or_the_new_mirror_never_half(engine: AsyncEngine, tmp_path: Path) -> None:
+async def test_readers_see_the_old_or_the_new_mirror_never_half(
+    engine: AsyncEngine, tmp_path: Path, mirrors: MirrorFactory
+) -> None:
     await import_files(engine, list(base_files(tmp_path / "v1")))
     activity, _ = generate_sample(tmp_path / "v2", 600, stamp="202611080000")
-    mirror = DirectoryMirror(engine, cache_size=0, refresh_seconds=0)
+    mirror = mirrors(cache_size=0, refresh_seconds=0)
     seen: set[int] = set()
     task = asyncio.create_task(import_files(engine, [activity], batch_size=50))
     while not task.done():
@@ -253,10 +283,12 @@ async def test_readers_see_the_old_or_the_new_mirror_never_half(engine: AsyncEng
     assert seen <= {4, new_count} and new_count in seen
 
 
-async def test_the_cache_follows_a_snapshot_switch(engine: AsyncEngine, tmp_path: Path) -> None:
+async def test_the_cache_follows_a_snapshot_switch(
+    engine: AsyncEngine, tmp_path: Path, mirrors: MirrorFactory
+) -> None:
     await import_files(engine, list(base_files(tmp_path / "v1")))
-    fresh = DirectoryMirror(engine, refresh_seconds=0)
-    lazy = DirectoryMirror(engine, refresh_seconds=3600)
+    fresh = mirrors(refresh_seconds=0)
+    lazy = mirrors(refresh_seconds=3600)
     for m in (fresh, lazy):
         assert await m.is_known_mailbox("cardiologie@hopital-demo.mssante.test")
     mailboxes = write_mailboxes(
@@ -270,8 +302,8 @@ async def test_the_cache_follows_a_snapshot_switch(engine: AsyncEngine, tmp_path
     assert not await lazy.is_known_mailbox("cardiologie@hopital-demo.mssante.test")
 
 
-async def test_an_empty_mirror(engine: AsyncEngine) -> None:
-    mirror = DirectoryMirror(engine)
+async def test_an_empty_mirror(engine: AsyncEngine, mirrors: MirrorFactory) -> None:
+    mirror = mirrors()
     assert await mirror.lookup_national_id("8" + DR_MARTIN) is None
     assert await mirror.search_name("martin") == []
     assert (await mirror.stats()).parts == ()
@@ -304,10 +336,10 @@ async def test_rows_left_by_a_crashed_import_are_purged(engine: AsyncEngine, tmp
 
 
 async def test_a_reader_with_stale_pointers_recovers_after_the_old_tables_are_dropped(
-    engine: AsyncEngine, tmp_path: Path
+    engine: AsyncEngine, tmp_path: Path, mirrors: MirrorFactory
 ) -> None:
     await import_files(engine, list(base_files(tmp_path / "v1")))
-    stale = DirectoryMirror(engine, cache_size=0, refresh_seconds=3600)
+    stale = mirrors(cache_size=0, refresh_seconds=3600)
     assert await stale.is_known_mailbox("cardiologie@hopital-demo.mssante.test")
     mailboxes = write_mailboxes(
         tmp_path / "Extraction_Correspondance_MSSante_202611080000.txt",
@@ -318,7 +350,9 @@ async def test_a_reader_with_stale_pointers_recovers_after_the_old_tables_are_dr
     assert (await stale.stats()).mailboxes == 1
 
 
-async def test_downgrade_drops_the_snapshot_tables(engine: AsyncEngine, tmp_path: Path) -> None:
+async def test_downgrade_drops_the_snapshot_tables(
+    engine: AsyncEngine, tmp_path: Path, mirrors: MirrorFactory
+) -> None:
     from mssante_operator.store import downgrade, upgrade
 
     await import_files(engine, list(base_files(tmp_path)))
@@ -326,7 +360,7 @@ async def test_downgrade_drops_the_snapshot_tables(engine: AsyncEngine, tmp_path
     async with engine.connect() as conn:
         assert await dstore.existing_snapshot_tables(conn) == []
     await upgrade(engine)
-    assert not await DirectoryMirror(engine).is_loaded()
+    assert not await mirrors().is_loaded()
 
 
 async def test_look_ups_use_indexes(engine: AsyncEngine, tmp_path: Path) -> None:

@@ -290,7 +290,8 @@ def lookup_cmd(
     async def go() -> LookupResult:
         async with store_engine(settings) as engine:
             await _check_schema(engine)
-            return await DirectoryMirror(engine, cache_size=0).lookup(query, limit)
+            async with DirectoryMirror(engine, cache_size=0) as mirror:
+                return await mirror.lookup(query, limit)
 
     result = run(go())
     if as_json:
@@ -309,7 +310,8 @@ def stats_cmd(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", 
     async def go() -> tuple[Any, tuple[bool, str]]:
         async with store_engine(settings) as engine:
             await _check_schema(engine)
-            stats = await DirectoryMirror(engine, cache_size=0).stats()
+            async with DirectoryMirror(engine, cache_size=0) as mirror:
+                stats = await mirror.stats()
             return stats, await mirror_health(engine, settings.directory.max_age_days)
 
     stats, (healthy, detail) = run(go())

@@ -7,6 +7,8 @@ live); the set of active snapshots is re-read at most every `refresh_seconds`, a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -34,6 +36,12 @@ from mssante_operator.directory.entries import (
     PartStats,
     Practitioner,
     StructureView,
+)
+from mssante_operator.directory.formats import (
+    MAILBOX_COLUMNS,
+    PRACTITIONER_COLUMNS,
+    MailboxRow,
+    PractitionerRow,
 )
 from mssante_operator.directory.models import mailboxes_table, practitioners_table
 from mssante_operator.directory.query import QueryKind, classify_query
@@ -163,10 +171,72 @@ def _unique_addresses(rows: Sequence[Any]) -> list[Any]:
 Active = dict[str, int]  # part → snapshot id
 T = TypeVar("T")
 
+_PRACTITIONER_SELECT = ", ".join(PRACTITIONER_COLUMNS)
+_MAILBOX_SELECT = ", ".join(MAILBOX_COLUMNS)
+
+
+class _HotReader:
+    """One connection held for the mail path's hot queries, spoken to through the driver.
+
+    Going through the pool and the SQL layer costs ten times the query itself (check-out,
+    compile, result processing, reset on return); the hot queries are three fixed statements, so
+    they skip all that. Statements are written with `?` and numbered for asyncpg. SELECTs on the
+    driver run outside any transaction (sqlite3 opens none for a SELECT; asyncpg autocommits), so
+    the held connection never pins an old snapshot of the database.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._pg = engine.dialect.name == "postgresql"
+        self._conn: AsyncConnection | None = None
+        self._driver: Any = None
+        self._lock = asyncio.Lock()
+        self._numbered: dict[str, str] = {}
+
+    def _sql(self, sql: str) -> str:
+        if not self._pg:
+            return sql
+        numbered = self._numbered.get(sql)
+        if numbered is None:
+            parts = sql.split("?")
+            numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], start=1))
+            self._numbered[sql] = numbered
+        return numbered
+
+    async def fetch(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
+        async with self._lock:
+            if self._driver is None:
+                self._conn = await self._engine.connect()
+                self._driver = (await self._conn.get_raw_connection()).driver_connection
+            try:
+                if self._pg:
+                    return list(await self._driver.fetch(self._sql(sql), *params))
+                return list(await self._driver.execute_fetchall(sql, tuple(params)))
+            except BaseException:
+                # A broken or confused connection is not reused.
+                await self._release(invalidate=True)
+                raise
+
+    async def _release(self, invalidate: bool = False) -> None:
+        conn, self._conn, self._driver = self._conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                if invalidate:
+                    await conn.invalidate()
+                await conn.close()
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._release()
+
+
+def _missing_table_text(text: str) -> bool:
+    text = text.lower()
+    return "no such table" in text or ("relation" in text and "does not exist" in text)
+
 
 def _missing_table(exc: DBAPIError) -> bool:
-    text = str(exc.orig).lower()
-    return "no such table" in text or ("relation" in text and "does not exist" in text)
+    return _missing_table_text(str(exc.orig))
 
 
 class DirectoryMirror:
@@ -187,7 +257,18 @@ class DirectoryMirror:
         self._refresh = refresh_seconds
         self._parts: Active = {}
         self._checked_at = float("-inf")
+        self._hot = _HotReader(self._engine)
         self.policy = policy or DirectoryPolicy()
+
+    async def close(self) -> None:
+        """Give back the connection the hot look-ups hold."""
+        await self._hot.close()
+
+    async def __aenter__(self) -> DirectoryMirror:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[AsyncConnection]:
@@ -203,6 +284,38 @@ class DirectoryMirror:
                 self._parts = parts
             self._checked_at = now
         return self._parts
+
+    async def _hot_active(self) -> Active:
+        now = time.monotonic()
+        if now - self._checked_at >= self._refresh:
+            rows = await self._hot.fetch("SELECT part, snapshot_id FROM directory_active", ())
+            parts = {str(row[0]): int(row[1]) for row in rows}
+            if parts != self._parts:
+                self._cache.clear()
+                self._parts = parts
+            self._checked_at = now
+        return self._parts
+
+    async def _hot_run(self, query: Callable[[Active], Awaitable[T]], empty: T) -> T:
+        """Like `_run`, on the held connection."""
+        for attempt in (1, 2):
+            try:
+                active = await self._hot_active()
+                return await query(active) if active else empty
+            except Exception as exc:
+                if attempt == 2 or not _missing_table_text(str(exc)):
+                    raise
+                self.invalidate()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _hot_cached(self, kind: str, key: str, query: Callable[[Active], Awaitable[Any]]) -> Any:
+        if time.monotonic() - self._checked_at < self._refresh:
+            hit = self._cache.get((kind, key))
+            if hit is not _MISSING:
+                return hit
+        value = await self._hot_run(query, None)
+        self._cache.put((kind, key), value)
+        return value
 
     def invalidate(self) -> None:
         """Forget cached results and re-read the active snapshots on the next look-up."""
@@ -236,8 +349,7 @@ class DirectoryMirror:
         return value
 
     async def is_loaded(self) -> bool:
-        async with self._conn() as conn:
-            return bool(await self._active(conn))
+        return bool(await self._hot_active())
 
     @staticmethod
     def _ptables(active: Active) -> list[Table]:
@@ -269,11 +381,19 @@ class DirectoryMirror:
 
     # -- practitioners --------------------------------------------------------------------------
 
-    async def _load_practitioner(
-        self, conn: AsyncConnection, active: Active, nid: str
-    ) -> Practitioner | None:
-        acts = await self._select(conn, self._ptables(active), lambda t: t.c.national_id == nid)
-        boxes = await self._select(conn, self._mtables(active), lambda t: t.c.national_id == nid)
+    async def _load_practitioner(self, active: Active, nid: str) -> Practitioner | None:
+        acts: list[Any] = []
+        for table in self._ptables(active):
+            rows = await self._hot.fetch(
+                f"SELECT {_PRACTITIONER_SELECT} FROM {table.name} WHERE national_id = ?", (nid,)
+            )
+            acts.extend(PractitionerRow(*row) for row in rows)
+        boxes: list[Any] = []
+        for table in self._mtables(active):
+            rows = await self._hot.fetch(
+                f"SELECT {_MAILBOX_SELECT} FROM {table.name} WHERE national_id = ?", (nid,)
+            )
+            boxes.extend(MailboxRow(*row) for row in rows)
         if not acts and not boxes:
             return None
         return _practitioner(nid, acts, boxes)
@@ -284,8 +404,8 @@ class DirectoryMirror:
             nid = parse_national_person_id(national_id).value
         except InvalidIdentifier:
             return None
-        result: Practitioner | None = await self._cached(
-            "nid", nid, lambda conn, active: self._load_practitioner(conn, active, nid)
+        result: Practitioner | None = await self._hot_cached(
+            "nid", nid, lambda active: self._load_practitioner(active, nid)
         )
         return result
 
@@ -306,8 +426,13 @@ class DirectoryMirror:
 
     # -- mailboxes ------------------------------------------------------------------------------
 
-    async def _load_mailbox(self, conn: AsyncConnection, active: Active, address: str) -> MailboxEntry | None:
-        rows = await self._select(conn, self._mtables(active), lambda t: t.c.address == address)
+    async def _load_mailbox(self, active: Active, address: str) -> MailboxEntry | None:
+        rows: list[Any] = []
+        for table in self._mtables(active):
+            found = await self._hot.fetch(
+                f"SELECT {_MAILBOX_SELECT} FROM {table.name} WHERE address = ?", (address,)
+            )
+            rows.extend(MailboxRow(*row) for row in found)
         unique = _unique_addresses(rows)
         return _mailbox(unique[0]) if unique else None
 
@@ -316,8 +441,8 @@ class DirectoryMirror:
             normalised = normalise_address(address)
         except InvalidAddress:
             return None
-        result: MailboxEntry | None = await self._cached(
-            "bal", normalised, lambda conn, active: self._load_mailbox(conn, active, normalised)
+        result: MailboxEntry | None = await self._hot_cached(
+            "bal", normalised, lambda active: self._load_mailbox(active, normalised)
         )
         return result
 

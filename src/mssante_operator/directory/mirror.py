@@ -498,11 +498,10 @@ class DirectoryMirror:
         mailboxes = tuple(_mailbox(r) for r in _unique_addresses(boxes) if r.type != "PER")
         return StructureView(structure_id=sid, name=name, practitioners=practitioners, mailboxes=mailboxes)
 
-    def _prefix(self, column: Any, key: str) -> Any:
-        if self._pg:
-            # text_pattern_ops index: LIKE 'prefix%' is an index range scan whatever the collation.
-            return column.like(key + "%")
-        # The key holds only [a-z0-9 ]: everything starting with it sorts below key + DEL bytewise.
+    @staticmethod
+    def _prefix(column: Any, key: str) -> Any:
+        # The key holds only [a-z0-9 ] and the column sorts bytewise (SQLite's default, the "C"
+        # collation on PostgreSQL): everything starting with the key sorts below key + DEL.
         return and_(column >= key, column < key + "\x7f")
 
     async def search_name(self, query: str, limit: int = 20) -> list[Practitioner]:

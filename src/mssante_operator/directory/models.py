@@ -60,6 +60,11 @@ MAILBOXES_PREFIX = "directory_mailboxes_s"
 SNAPSHOT_TABLE = re.compile(r"^directory_(?:practitioners|mailboxes)_s\d+$")
 
 
+# Bytewise order on PostgreSQL too: a prefix is then an index range, and the index also gives the
+# result order (under a linguistic collation it could do neither). Keys are [a-z0-9 ] only.
+_SEARCH_KEY = String(400).with_variant(String(400, collation="C"), "postgresql")
+
+
 def _practitioner_columns() -> list[Column[object]]:
     return [
         Column("national_id", String(12), nullable=False),
@@ -77,7 +82,7 @@ def _practitioner_columns() -> list[Column[object]]:
         Column("structure_name", String(300)),
         Column("postal_code", String(10)),
         Column("city", String(200)),
-        Column("search_key", String(400), nullable=False),
+        Column("search_key", _SEARCH_KEY, nullable=False),
         Column("active", Boolean, nullable=False),
         # The LDAP entry's DN for LDAP rows (incremental sync replaces by DN); NULL for file rows.
         Column("source_ref", String(1000)),
@@ -100,7 +105,7 @@ def _mailbox_columns() -> list[Column[object]]:
         Column("structure_name", String(300)),
         Column("postal_code", String(10)),
         Column("listerouge", Boolean, nullable=False),
-        Column("search_key", String(400), nullable=False),
+        Column("search_key", _SEARCH_KEY, nullable=False),
         Column("source_ref", String(1000)),
     ]
 
@@ -133,9 +138,7 @@ def lookup_indexes(snapshot_id: int, practitioners: bool, with_source_ref: bool)
     indexes = [
         Index(f"ix_{short}_national_id", table.c.national_id),
         Index(f"ix_{short}_structure_id", table.c.structure_id),
-        Index(
-            f"ix_{short}_search_key", table.c.search_key, postgresql_ops={"search_key": "text_pattern_ops"}
-        ),
+        Index(f"ix_{short}_search_key", table.c.search_key),
     ]
     if not practitioners:
         indexes.append(Index(f"ux_{short}_address", table.c.address, unique=True))

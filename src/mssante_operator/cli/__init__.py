@@ -11,6 +11,7 @@ from mssante_operator.cli import (
     audit_cmd,
     config_cmd,
     db_cmd,
+    directory_cmd,
     domain_cmd,
     init_cmd,
     keys_cmd,
@@ -38,6 +39,7 @@ app.add_typer(keys_cmd.app, name="keys")
 app.add_typer(audit_cmd.app, name="audit")
 app.command("serve")(serve_cmd.serve)
 app.add_typer(trust_cmd.app, name="trust")
+app.add_typer(directory_cmd.app, name="directory")
 
 
 def _version(value: bool) -> None:

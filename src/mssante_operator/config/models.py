@@ -286,6 +286,71 @@ class AuthSettings(Section):
     )
 
 
+class LdapAttributeMap(Section):
+    """Which LDAP attribute feeds each field of the mirror; leave a field empty to not map it."""
+
+    national_id: str | None = Field(default="employeeNumber", description="8+RPPS or 0+ADELI")
+    rpps: str | None = None
+    adeli: str | None = None
+    last_name: str = "sn"
+    first_name: str | None = "givenName"
+    civility: str | None = None
+    profession_code: str | None = None
+    profession_label: str | None = "title"
+    specialty_label: str | None = None
+    structure_id: str | None = None
+    structure_name: str | None = "o"
+    service: str | None = "ou"
+    mailbox: str | None = Field(default="mail", description="attribute holding MSSanté addresses")
+    mailbox_type: str | None = None
+    listerouge: str | None = None
+    active: str | None = None
+
+
+class DirectoryLdapSettings(Section):
+    """`directory sync-ldap`: a hospital's own OpenLDAP / Active Directory, or a regional directory."""
+
+    url: str | None = Field(default=None, description="ldap://host:389 or ldaps://host:636")
+    start_tls: bool = True
+    bind_dn: str | None = None
+    bind_password: SecretStr | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    ca_file: Path | None = None
+    base_dn: str = ""
+    filter: str = "(objectClass=inetOrgPerson)"
+    page_size: int = Field(default=500, ge=1, le=100_000)
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    incremental: bool = True
+    full_sync_hours: float = Field(default=24.0, gt=0)
+    mailbox_domains: list[str] = Field(default_factory=list)
+    default_structure_id: str | None = None
+    attributes: LdapAttributeMap = LdapAttributeMap()
+
+    @field_validator("url")
+    @classmethod
+    def _ldap_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not (value.startswith("ldap://") or value.startswith("ldaps://")):
+            raise ValueError("must start with ldap:// or ldaps://")
+        return value
+
+
+class DirectorySettings(Section):
+    """The national directory mirror: imports, look-ups and the exchange policy built on them."""
+
+    max_reject_rate: float = Field(default=0.01, ge=0, le=1)
+    max_age_days: float = Field(default=8, gt=0)
+    batch_size: int = Field(default=5000, ge=1, le=100_000)
+    cache_size: int = Field(default=100_000, ge=0)
+    cache_ttl_seconds: float = Field(default=60.0, ge=0)
+    refresh_seconds: float = Field(default=5.0, ge=0)
+    require_known_sender: bool = True
+    require_published_recipient: bool = True
+    require_active_practitioner: bool = True
+    exempt_domains: list[str] = Field(default_factory=lambda: ["patient.mssante.fr"])
+    ldap: DirectoryLdapSettings = DirectoryLdapSettings()
+
+
 class DemoSettings(Section):
     """What `mssante-operator init` creates for a demo instance."""
 

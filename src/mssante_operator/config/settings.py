@@ -14,6 +14,7 @@ from mssante_operator.config.models import (
     AuditSettings,
     AuthSettings,
     DemoSettings,
+    DirectorySettings,
     ImapSettings,
     InstanceSettings,
     LoggingSettings,
@@ -59,6 +60,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     demo: DemoSettings = DemoSettings()
     trust: TrustSettings = TrustSettings()
+    directory: DirectorySettings = DirectorySettings()
 
     @classmethod
     def settings_customise_sources(

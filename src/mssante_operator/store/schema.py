@@ -4,6 +4,7 @@ Capabilities that own tables (trust list, directory mirror) declare them on `sto
 in their own `models` module; importing this module registers them all on `Base.metadata`.
 """
 
+from mssante_operator.directory import models as _directory  # noqa: F401
 from mssante_operator.store import models as _core  # noqa: F401
 from mssante_operator.store.models import Base
 from mssante_operator.trust import models as _trust  # noqa: F401

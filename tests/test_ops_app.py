@@ -398,8 +398,15 @@ async def test_build_application_wires_ops_endpoint_and_checks(
     settings = load_settings(make_config(tmp_path, store_url))
     app = build_application(settings, tmp_path / "config.toml")
     try:
-        assert [s.name for s in app.services] == ["audit", "pki", "trust-refresher", "relay", "ops-http"]
-        assert app.health.names == ["store", "migrations", "certificates", "trust_list"]
+        assert [s.name for s in app.services] == [
+            "audit",
+            "pki",
+            "trust-refresher",
+            "directory",
+            "relay",
+            "ops-http",
+        ]
+        assert app.health.names == ["store", "migrations", "certificates", "trust_list", "directory"]
         assert app.components.mailstore is not None and app.components.validator is not None
     finally:
         await app.close()

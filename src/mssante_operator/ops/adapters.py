@@ -12,6 +12,7 @@ from cryptography import x509
 
 from mssante_operator.audit import AuditEvent, AuditLog
 from mssante_operator.config import Settings
+from mssante_operator.directory.mirror import DirectoryMirror
 from mssante_operator.ops.logging import get_logger
 from mssante_operator.ops.metrics import Metrics
 from mssante_operator.ops.service import ServiceBase
@@ -57,18 +58,23 @@ class PkiPeerVerifier:
 
 
 class StoreRecipients:
-    """`smtp.ports.RecipientDirectory`: local mailboxes from the store, the national directory's
-    opinion when a mirror is plugged in."""
+    """`smtp.ports.RecipientDirectory`: local mailboxes from the store, and the national
+    directory's verdict on the exchange once a mirror is loaded."""
 
-    def __init__(self, mailstore: MailStore) -> None:
+    def __init__(self, mailstore: MailStore, directory: DirectoryMirror | None = None) -> None:
         self._store = mailstore
+        self._directory = directory
 
     async def mailbox_state(self, address: str) -> MailboxState | None:
         mailbox = await self._store.get_mailbox(address)
         return None if mailbox is None else MailboxState(mailbox.status.value)
 
     async def exchange_decision(self, sender: str | None, recipient: str) -> Verdict | None:
-        return None
+        # Bounces (null sender) answer an earlier exchange: nothing for the directory to judge.
+        if self._directory is None or not sender or not await self._directory.is_loaded():
+            return None
+        decision = await self._directory.decide(sender, recipient, recipient_local=True)
+        return Verdict(decision.allowed, decision.reason, decision.temporary)
 
 
 class DsnSender:
@@ -292,3 +298,18 @@ class AuditRelayObserver:
                 details={"domain": item.recipient_domain, "attempt": item.attempts + 1},
             )
         )
+
+
+class DirectoryService(ServiceBase):
+    """Closes the directory mirror's held connection when the process stops."""
+
+    name = "directory"
+
+    def __init__(self, mirror: DirectoryMirror) -> None:
+        self.mirror = mirror
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self, grace: float) -> None:
+        await self.mirror.close()

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mssante_operator.accounts import hash_password, validate_new_mailbox
 from mssante_operator.config import Settings
+from mssante_operator.directory.demo import load_demo_directory
 from mssante_operator.pki.devpki import DevPki
 from mssante_operator.store import create_engine, schema_state, session_factory, upgrade
 from mssante_operator.store.crypto import MasterKey
@@ -83,6 +84,12 @@ async def _prepare_store(settings: Settings, master_key: MasterKey, report: Init
         store = MailStore(sessions, master_key)
         await _demo_accounts(settings, store, report)
         await _demo_trust_list(settings, sessions, report)
+        if settings.demo.domain is not None:
+            directory = await load_demo_directory(engine, settings)
+            if not directory.ok:
+                raise ValueError(f"demo directory import refused: {directory.message}")
+            if directory.applied:
+                report.note("sample national directory loaded (the demo mailboxes belong to its entries)")
     finally:
         await engine.dispose()
 

@@ -23,9 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mssante_operator.audit import AuditLog
 from mssante_operator.config import Settings
+from mssante_operator.directory.decision import DirectoryPolicy
+from mssante_operator.directory.mirror import DirectoryMirror, mirror_health
 from mssante_operator.ops.adapters import (
     AuditAdapter,
     AuditRelayObserver,
+    DirectoryService,
     DsnSender,
     InboundTrust,
     OutboundTrust,
@@ -119,6 +122,23 @@ def build_application(settings: Settings, config_path: Path | None = None) -> Ap
 
     app.health.add(trust_list, name="trust_list")
 
+    async def directory_mirror() -> HealthCheck:
+        ok, detail = await mirror_health(components.sessions, app.settings.directory.max_age_days)
+        # An old or missing mirror degrades decisions but does not stop mail: degraded, not failing.
+        return HealthCheck("directory", HealthStatus.OK if ok else HealthStatus.DEGRADED, detail)
+
+    app.health.add(directory_mirror, name="directory")
+    d = settings.directory
+    directory = DirectoryMirror(
+        components.sessions,
+        cache_size=d.cache_size,
+        cache_ttl=d.cache_ttl_seconds,
+        refresh_seconds=d.refresh_seconds,
+        policy=DirectoryPolicy.from_settings(d),
+    )
+    components.directory = directory
+    app.add_service(DirectoryService(directory))
+
     # --- workers and listeners ------------------------------------------------------------------
     wired: set[str] = set()
     mailstore = components.mailstore
@@ -135,7 +155,7 @@ def build_application(settings: Settings, config_path: Path | None = None) -> Ap
             ports = InboundPorts(
                 peer_verifier=PkiPeerVerifier(holder),
                 trust=InboundTrust(trust_store),
-                directory=StoreRecipients(mailstore),
+                directory=StoreRecipients(mailstore, directory),
                 sink=StoreSink(mailstore, dsn, settings.instance.hostname),
                 audit=AuditAdapter(audit, components.metrics),
             )

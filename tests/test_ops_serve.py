@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +15,9 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mssante_operator.directory.importer import import_files
+from mssante_operator.directory.sample import generate_sample
+from mssante_operator.store import create_engine
 from mssante_operator.store.crypto import MasterKey
 from ops_support import EXE, ServeProcess, config_text, free_port, write_self_signed
 
@@ -30,6 +34,15 @@ def cli(config: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]
         text=True,
         timeout=120,
     )
+
+
+async def _load_directory(store_url: str, out: Path) -> None:
+    engine = create_engine(store_url)
+    try:
+        report = await import_files(engine, list(generate_sample(out, 5, stamp="202601010000")))
+        assert report.ok, report.message
+    finally:
+        await engine.dispose()
 
 
 class Instance:
@@ -75,6 +88,10 @@ class Instance:
         assert result.returncode == 0, result.stderr
         result = self.cli("trust", "import", str(sample))
         assert result.returncode == 0, result.stderr
+        # ...and a directory mirror, or /healthz says degraded.
+        # In a thread of its own: some tests call this from inside their event loop.
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, _load_directory(self.store_url, self.root / "directory")).result()
 
     def serve(self) -> ServeProcess:
         proc = ServeProcess(self.config, self.port, self.root).start()
@@ -165,7 +182,13 @@ def test_metrics_endpoint_parses(sqlite_instance: Instance) -> None:
     assert "process_resident_memory_bytes" in families or "process_cpu_seconds" in families
     assert "python_info" in families
     health = {labels["check"]: value for _, labels, value in families["mssante_health_status"]}
-    assert health == {"store": 0.0, "migrations": 0.0, "certificates": 0.0, "trust_list": 0.0}
+    assert health == {
+        "store": 0.0,
+        "migrations": 0.0,
+        "certificates": 0.0,
+        "trust_list": 0.0,
+        "directory": 0.0,
+    }
     # The names the SMTP/IMAP sides increment are exported (with no samples yet for labelled ones).
     for family in (
         "mssante_messages_received",

@@ -408,10 +408,19 @@ class SubmissionSmtp(MssSmtp):
 
     # -- AUTH (RFC 4954) ----------------------------------------------------------------------
 
-    async def _auth_entry(self, arg: str | None) -> None:
+    async def _check_implicit_tls(self) -> None:
+        # Implicit TLS: the certificate is checked on the first command, EHLO included, since
+        # EHLO's AUTH line depends on it.
         if not self._tls_checked:
             self._tls_checked = True
             await self.after_tls()
+
+    async def smtp_EHLO(self, hostname: str | None) -> None:
+        await self._check_implicit_tls()
+        await super().smtp_EHLO(hostname)
+
+    async def _auth_entry(self, arg: str | None) -> None:
+        await self._check_implicit_tls()
         if not self.tls_active:
             await self.reply(ENCRYPTION_REQUIRED)
             await self.refused("auth", Decision.refuse(ENCRYPTION_REQUIRED, "starttls_required"))

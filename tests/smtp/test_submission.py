@@ -209,7 +209,9 @@ async def test_organisation_certificate_sends_as_its_app_mailbox_with_authzid(wo
 
 async def test_certificate_from_another_ca_fails_the_handshake(world: World) -> None:
     client = implicit(world, world.certs.rogue)
-    with pytest.raises((aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, ssl.SSLError, OSError)):
+    with pytest.raises(
+        (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, ssl.SSLError, OSError)
+    ):
         await client.connect()
         await client.ehlo()
     client.close()
@@ -333,11 +335,17 @@ async def test_password_plain_and_login_when_policy_allows(world: World) -> None
     try:
         await client.ehlo()
         wrong = await client.execute_command(b"AUTH", b"PLAIN", b64(f"\0{JEAN}\0wrong").encode())
-        unknown = await client.execute_command(b"AUTH", b"PLAIN", b64(f"\0nobody@x.test\0{PASSWORD}").encode())
+        unknown = await client.execute_command(
+            b"AUTH", b"PLAIN", b64(f"\0nobody@x.test\0{PASSWORD}").encode()
+        )
         # Never says which part was wrong.
-        assert (wrong.code, wrong.message) == (unknown.code, unknown.message) == (
-            535,
-            "5.7.8 Authentication credentials invalid",
+        assert (
+            (wrong.code, wrong.message)
+            == (unknown.code, unknown.message)
+            == (
+                535,
+                "5.7.8 Authentication credentials invalid",
+            )
         )
     finally:
         client.close()
@@ -394,7 +402,9 @@ async def test_sending_as_someone_else_is_refused(world: World) -> None:
             await client.data(message(CLAIRE, [CARDIO]))
         assert refused.value.code == 553 and refused.value.message.startswith("5.7.1 From: header")
         # The null sender (an MDN) is fine, with his own From:.
-        mdn = message(JEAN, [CARDIO], extra=b"Content-Type: multipart/report; report-type=disposition-notification\r\n")
+        mdn = message(
+            JEAN, [CARDIO], extra=b"Content-Type: multipart/report; report-type=disposition-notification\r\n"
+        )
         reply = await send(client, "", [CARDIO], mdn)
         assert reply.code == 250
     finally:
@@ -476,7 +486,12 @@ async def test_brute_force_is_rate_limited_then_even_the_right_password_waits(
     engine: AsyncEngine, sub_pki: DevPki, certs: Certs, tmp_path: Path
 ) -> None:
     limits = RateLimitPolicy(
-        max_failures=4, free_failures=1, base_delay=0.05, max_delay=0.1, window_seconds=600, lockout_seconds=600
+        max_failures=4,
+        free_failures=1,
+        base_delay=0.05,
+        max_delay=0.1,
+        window_seconds=600,
+        lockout_seconds=600,
     )
     world = await start_world(engine, sub_pki, certs, tmp_path, account_limits=limits, max_auth_failures=10)
     try:

@@ -158,7 +158,7 @@ async def test_person_certificate_external_local_and_remote_with_dsn_params(worl
     queue_id = reply.message.split()[-1]
 
     [stored] = await world.inbox(CLAIRE)
-    head, _, body = stored.partition(b"\r\n\r\n")
+    head, _, _body = stored.partition(b"\r\n\r\n")
     assert stored.startswith(b"Received: from ")
     assert b"with ESMTPSA id " + queue_id.encode() in stored
     assert f"(authenticated as person:{PERSON_ID} with EXTERNAL)".encode() in head
@@ -424,7 +424,7 @@ async def test_recipients_outside_the_trust_space_and_local_states(world: World)
         outside = await client.execute_command(b"RCPT", b"TO:<someone@gmail.example>")
         assert outside.code == 550 and outside.message.startswith("5.7.1 ")
         assert "gmail.example" in outside.message and "trust list" in outside.message
-        unknown = await client.execute_command(b"RCPT", f"TO:<nobody@{DOMAIN_OF(JEAN)}>".encode())
+        unknown = await client.execute_command(b"RCPT", f"TO:<nobody@{JEAN.rpartition('@')[2]}>".encode())
         assert (unknown.code, unknown.message[:5]) == (550, "5.1.1")
         suspended = await client.execute_command(b"RCPT", f"TO:<{SUSPENDED}>".encode())
         assert (suspended.code, suspended.message[:5]) == (450, "4.2.1")
@@ -437,10 +437,6 @@ async def test_recipients_outside_the_trust_space_and_local_states(world: World)
         client.close()
     [(entry, _)] = await world.queue()
     assert entry.recipient_domain == PATIENT_DOMAIN
-
-
-def DOMAIN_OF(address: str) -> str:  # noqa: N802
-    return address.rpartition("@")[2]
 
 
 @pytest.mark.parametrize("policy", ["accept", "refuse"])

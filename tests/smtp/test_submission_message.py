@@ -26,7 +26,10 @@ from mssante_operator.smtp.submission import (
 )
 
 NOW = datetime(2026, 11, 22, 2, 0, tzinfo=UTC)
-RECEIVED = b"Received: from client ([127.0.0.1])\r\n\tby mail.test with ESMTPSA id Q1; Sun, 22 Nov 2026 02:00:00 +0000\r\n"
+RECEIVED = (
+    b"Received: from client ([127.0.0.1])\r\n"
+    b"\tby mail.test with ESMTPSA id Q1; Sun, 22 Nov 2026 02:00:00 +0000\r\n"
+)
 JEAN = "jean.martin@hopital.mssante.test"
 
 _name = st.from_regex(r"X-[A-Za-z0-9-]{1,20}", fullmatch=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiosmtplib
@@ -27,7 +26,6 @@ from submission_support import (
     FixedDirectory,
     World,
     b64,
-    make_certs,
     message,
     start_world,
     stop_world,
@@ -36,43 +34,8 @@ from submission_support import (
 from mssante_operator.config.models import RateLimitPolicy
 from mssante_operator.pki.devpki import DevPki
 from oidc_fixtures import LocalIssuer
-from pki_fixtures import make_dev_pki
 
 X_MSS = b"X-MSS-NIL: DPI-Test/4.2 (editeur)\r\nX-MSS-CODECDA:  11490-0^LOINC \t\r\n"
-
-
-@pytest.fixture(scope="module")
-def sub_pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
-    # A private PKI: the tests revoke a certificate, which re-signs the CA's CRL.
-    return make_dev_pki(tmp_path_factory.mktemp("sub-pki"))
-
-
-@pytest.fixture(scope="module")
-def certs(sub_pki: DevPki, tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    rogue = DevPki.init(tmp_path_factory.mktemp("rogue-pki"), server_hostname="mail.rogue.test")
-    return make_certs(sub_pki, rogue, tmp_path_factory.mktemp("sub-certs"))
-
-
-@pytest.fixture
-async def issuer(tmp_path: Path) -> AsyncIterator[LocalIssuer]:
-    directory = tmp_path / "oidc"
-    directory.mkdir()
-    running = await LocalIssuer.start(directory)
-    try:
-        yield running
-    finally:
-        await running.stop()
-
-
-@pytest.fixture
-async def world(
-    engine: AsyncEngine, sub_pki: DevPki, certs: Certs, tmp_path: Path, issuer: LocalIssuer
-) -> AsyncIterator[World]:
-    running = await start_world(engine, sub_pki, certs, tmp_path, oidc=issuer.settings())
-    try:
-        yield running
-    finally:
-        await stop_world(running)
 
 
 def implicit(world: World, cert: tuple[Path, Path] | None = None) -> aiosmtplib.SMTP:

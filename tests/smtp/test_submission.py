@@ -491,3 +491,16 @@ async def test_session_closed_after_too_many_failed_auth(world: World) -> None:
             await client.noop()
     finally:
         client.close()
+
+
+async def test_reload_rebinds_implicit_tls_and_keeps_serving(world: World) -> None:
+    port = world.implicit_port
+    await world.service.reload(world.settings)
+    assert world.implicit_port == port
+    client = implicit(world, world.certs.person)
+    await client.connect()
+    try:
+        await client.ehlo()
+        assert (await client.execute_command(b"AUTH", b"EXTERNAL", b"=")).code == 235
+    finally:
+        client.close()

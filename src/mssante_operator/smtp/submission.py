@@ -875,7 +875,6 @@ class SubmissionSmtpService:
         self._servers["starttls"] = await loop.create_server(
             self._factory, host=section.host, port=section.starttls_port
         )
-        # The context is read per connection so that a reload applies to new sessions.
         self._servers["implicit"] = await loop.create_server(
             self._factory, host=section.host, port=section.implicit_tls_port, ssl=self._tls_context
         )
@@ -903,11 +902,22 @@ class SubmissionSmtpService:
         log.info("stopped", service=self.name)
 
     async def reload(self, settings: Settings) -> None:
-        """New settings and TLS context for new STARTTLS sessions (the implicit TLS port keeps the
-        context it was bound with until a restart; bind addresses need a restart too)."""
+        """New settings and TLS context for new sessions. The implicit TLS socket is bound with its
+        context, so it is re-bound on the same address (open sessions go on); changing a bind
+        address needs a restart."""
         tls_context = self._build_tls(settings)
         self._settings = settings
         self._config = wire_config(settings)
         self._policy = submission_policy(settings)
         self._tls_context = tls_context
+        old = self._servers.get("implicit")
+        if old is not None and old.sockets:
+            # The bound port: the configured one, or the ephemeral one a test asked for with 0.
+            port = int(old.sockets[0].getsockname()[1])
+            host = settings.smtp_submission.host
+            old.close()
+            loop = asyncio.get_running_loop()
+            self._servers["implicit"] = await loop.create_server(
+                self._factory, host=host, port=port, ssl=tls_context
+            )
         log.info("reloaded", service=self.name)

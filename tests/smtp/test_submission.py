@@ -504,3 +504,33 @@ async def test_reload_rebinds_implicit_tls_and_keeps_serving(world: World) -> No
         assert (await client.execute_command(b"AUTH", b"EXTERNAL", b"=")).code == 235
     finally:
         client.close()
+
+
+async def test_malformed_and_cancelled_auth_exchanges(world: World) -> None:
+    client = implicit(world)
+    await client.connect()
+    try:
+        await client.ehlo()
+        bad = await client.execute_command(b"AUTH", b"PLAIN", b"not*base64")
+        assert (bad.code, bad.message[:5]) == (501, "5.5.2") and "base64" in bad.message
+        await client.execute_command(b"AUTH", b"LOGIN")  # 334 Username:
+        cancelled = await client.execute_command(b"*")
+        assert (cancelled.code, cancelled.message) == (501, "5.7.0 Authentication cancelled")
+        unknown = await client.execute_command(b"AUTH", b"CRAM-MD5")
+        assert (unknown.code, unknown.message[:5]) == (504, "5.5.4")
+    finally:
+        client.close()
+    client = implicit(world)
+    await client.connect()
+    try:
+        await client.ehlo()
+        await client.execute_command(b"AUTH", b"OAUTHBEARER")  # 334, then a line far too long
+        too_long = await client.execute_command(b"A" * 40000)
+        assert (too_long.code, too_long.message[:5]) == (500, "5.5.6")
+        assert (await client.noop()).code == 250
+        # The session is still usable and the null AUTH= parameter of RFC 4954 is accepted.
+        auth = await client.execute_command(b"AUTH", b"PLAIN", b64(f"\0{JEAN}\0{PASSWORD}").encode())
+        assert auth.code == 235
+        assert (await client.execute_command(b"MAIL", f"FROM:<{JEAN}> AUTH=<>".encode())).code == 250
+    finally:
+        client.close()

@@ -42,14 +42,14 @@ from mssante_operator.ops.submission_wiring import (
 )
 from mssante_operator.pki import CertificateValidator
 from mssante_operator.pki.devpki import DevPki
-from mssante_operator.smtp.submission import (
+from mssante_operator.smtp.submission_ports import (
     DirectoryListing,
     DirectoryMirror,
     NoDirectoryMirror,
     SubmissionAuditEvent,
     SubmissionPorts,
-    SubmissionSmtpService,
 )
+from mssante_operator.smtp.submission_service import SubmissionSmtpService
 from mssante_operator.store import session_factory
 from mssante_operator.store.crypto import MasterKey
 from mssante_operator.store.mailstore import MailStore

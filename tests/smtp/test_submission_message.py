@@ -18,12 +18,8 @@ from mssante_operator.smtp.message import (
     sending_software,
 )
 from mssante_operator.smtp.ports import Verdict
-from mssante_operator.smtp.submission import (
-    DirectoryListing,
-    header_from_decision,
-    remote_recipient_decision,
-    sender_decision,
-)
+from mssante_operator.smtp.submission import header_from_decision, remote_recipient_decision, sender_decision
+from mssante_operator.smtp.submission_ports import DirectoryListing
 
 NOW = datetime(2026, 11, 22, 2, 0, tzinfo=UTC)
 RECEIVED = (

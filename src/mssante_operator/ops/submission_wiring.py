@@ -23,17 +23,17 @@ from mssante_operator.ops.metrics import NAMESPACE, Metrics
 from mssante_operator.pki import CertificateValidator, IdentityKind, RefusalReason, Usage, server_tls_context
 from mssante_operator.relay.dsn import DsnAction, DsnRecipient, DsnReport, build_dsn, should_notify
 from mssante_operator.smtp.ports import MailboxState, RecipientSpec, StoreReceipt, Verdict
-from mssante_operator.smtp.submission import (
-    LISTENER,
+from mssante_operator.smtp.submission import LISTENER
+from mssante_operator.smtp.submission_ports import (
     ClientCertificateCheck,
     DirectoryMirror,
     LocalLookup,
     NoDirectoryMirror,
     SubmissionAuditEvent,
     SubmissionPorts,
-    SubmissionSmtpService,
     SubmittedMessage,
 )
+from mssante_operator.smtp.submission_service import SubmissionSmtpService
 from mssante_operator.store.mailstore import MailStore, OutboundDelivery
 from mssante_operator.trust.store import TrustStore
 

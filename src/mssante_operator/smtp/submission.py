@@ -16,19 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 import ssl
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 from mssante_operator.auth import (
     PUBLIC_RATE_LIMITED,
     PUBLIC_TEMPORARY,
     Abort,
-    Authenticator,
     AuthResult,
     Challenge,
     ClientContext,
@@ -42,21 +37,28 @@ from mssante_operator.auth import (
     advertised_mechanisms,
     may_send_as,
 )
-from mssante_operator.config.settings import Settings
 from mssante_operator.ops.logging import get_logger
 from mssante_operator.pki.identity import CertificateIdentity
 from mssante_operator.smtp.address import Address
 from mssante_operator.smtp.data import DataResult, ReceivedInfo, received_header
 from mssante_operator.smtp.dsn import MailParams, ParamOptions
 from mssante_operator.smtp.message import MessageFormatError, prepare_submission
-from mssante_operator.smtp.policy import SuspendedPolicy, accepted_reply, rcpt_decision, size_decision
-from mssante_operator.smtp.ports import MailboxState, RecipientSpec, StoreReceipt, Verdict
+from mssante_operator.smtp.policy import accepted_reply, rcpt_decision, size_decision
+from mssante_operator.smtp.ports import MailboxState, RecipientSpec, Verdict
 from mssante_operator.smtp.replies import (
     RECIPIENT_OK,
     SENDER_OK,
     STORAGE_FAILED,
     Decision,
     SmtpReply,
+)
+from mssante_operator.smtp.submission_ports import (
+    ClientCertificateCheck,
+    DirectoryListing,
+    SubmissionAuditEvent,
+    SubmissionPolicy,
+    SubmissionPorts,
+    SubmittedMessage,
 )
 from mssante_operator.smtp.wire import MssSmtp, SessionRegistry, Transaction, WireConfig
 from mssante_operator.store.mailstore import new_queue_id
@@ -76,142 +78,6 @@ TOO_MANY_AUTH_FAILURES = SmtpReply(421, "4.7.0", "Too many failed authentication
 
 # Room for a bearer token in an initial response (auth.sasl accepts 16 KiB of base64).
 _AUTH_LINE_LIMIT = 16384 + 64
-
-
-# -- ports ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ClientCertificateCheck:
-    """A client certificate validated for TLS client use; `identity` is set only when ok."""
-
-    ok: bool
-    reason: str
-    subject_dn: str | None = None
-    identity: CertificateIdentity | None = None
-    temporary: bool = False
-
-
-class ClientCertificateVerifier(Protocol):
-    async def verify_client(self, certificate_der: bytes) -> ClientCertificateCheck:
-        """Validate a client's leaf certificate (chain, CRL, usage, personal or organisation kind)."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class LocalLookup:
-    """A recipient seen from this server: its local mailbox state (None: no mailbox here) and
-    whether its domain is hosted here (then a missing mailbox is an unknown user)."""
-
-    state: MailboxState | None
-    domain_hosted: bool
-
-
-class LocalRecipients(Protocol):
-    async def local_lookup(self, address: str) -> LocalLookup: ...
-
-
-class RecipientTrust(Protocol):
-    async def domain_decision(self, domain: str) -> Verdict:
-        """Is this remote recipient domain in the MSSanté trust list? The refusal reason names it."""
-        ...
-
-
-class DirectoryListing(StrEnum):
-    LISTED = "listed"
-    NOT_LISTED = "not_listed"
-    UNKNOWN = "unknown"  # no directory mirror loaded, or it cannot tell
-
-
-class DirectoryMirror(Protocol):
-    async def listing(self, address: str) -> DirectoryListing:
-        """Does the national MSSanté directory (local mirror) list this address?"""
-        ...
-
-
-class NoDirectoryMirror:
-    """The `DirectoryMirror` used until a mirror is plugged in: it cannot tell."""
-
-    async def listing(self, address: str) -> DirectoryListing:
-        return DirectoryListing.UNKNOWN
-
-
-@dataclass(frozen=True, slots=True)
-class SubmittedMessage:
-    """An accepted submission, ready to store. `raw` starts with our Received header."""
-
-    queue_id: str
-    raw: bytes
-    mail_from: str  # "" for the null sender
-    local: tuple[RecipientSpec, ...]
-    remote: tuple[RecipientSpec, ...]
-    mail_params: MailParams
-    principal: str
-    software: str | None
-    received_at: datetime
-
-
-class SubmissionSink(Protocol):
-    async def submit(self, message: SubmittedMessage) -> StoreReceipt:
-        """Store in the local INBOXes and queue for the remote recipients in ONE durable transaction."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class SubmissionAuditEvent:
-    """One security-relevant event of a submission session. Never a credential or a body."""
-
-    event: str  # "auth.success", "auth.failure", "message.accepted", "message.refused", "tls.refused"
-    outcome: str  # "success" | "failure" | "refused"
-    peer_ip: str
-    reason: str
-    actor: str | None = None  # the authenticated principal, when known
-    cert_subject: str | None = None
-    mailbox: str | None = None
-    queue_id: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-class SubmissionAudit(Protocol):
-    def record(self, event: SubmissionAuditEvent) -> None: ...
-
-    async def record_durable(self, event: SubmissionAuditEvent) -> None: ...
-
-
-class SubmissionObserver(Protocol):
-    """Metrics hooks; label values come from fixed sets except `software`, which the observer bounds."""
-
-    def auth_attempt(self, mechanism: str, outcome: str) -> None: ...
-
-    def message(self, outcome: str, *, software: str | None = None, size: int | None = None) -> None: ...
-
-
-class NullObserver:
-    def auth_attempt(self, mechanism: str, outcome: str) -> None:
-        return None
-
-    def message(self, outcome: str, *, software: str | None = None, size: int | None = None) -> None:
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class SubmissionPorts:
-    authenticator: Authenticator
-    certificates: ClientCertificateVerifier
-    local: LocalRecipients
-    trust: RecipientTrust
-    sink: SubmissionSink
-    audit: SubmissionAudit
-    directory: DirectoryMirror = field(default_factory=NoDirectoryMirror)
-    observer: SubmissionObserver = field(default_factory=NullObserver)
-
-
-@dataclass(frozen=True, slots=True)
-class SubmissionPolicy:
-    max_auth_failures: int = 3
-    auth_failure_delay_max: float = 5.0
-    unlisted_recipient: str = "accept"  # or "refuse"
-    suspended: SuspendedPolicy = SuspendedPolicy.TEMPORARY
 
 
 # -- pure decisions ---------------------------------------------------------------------------
@@ -768,156 +634,3 @@ class SubmissionSmtp(MssSmtp):
             software=prepared.software,
         )
         return reply
-
-
-# -- the service -------------------------------------------------------------------------------
-
-TlsContextFactory = Callable[[Settings], ssl.SSLContext]
-
-
-def wire_config(settings: Settings) -> WireConfig:
-    section = settings.smtp_submission
-    return WireConfig(
-        listener=LISTENER,
-        hostname=settings.instance.hostname,
-        max_message_size=section.max_message_size,
-        max_line_length=section.max_line_length,
-        max_header_count=section.max_header_count,
-        max_recipients=section.max_recipients,
-        max_bad_commands=section.max_bad_commands,
-        max_connections=section.max_connections,
-        idle_timeout=section.idle_timeout_seconds,
-        data_timeout=section.data_timeout_seconds,
-        ident="mssante-operator ESMTP submission",
-    )
-
-
-def submission_policy(settings: Settings) -> SubmissionPolicy:
-    section = settings.smtp_submission
-    return SubmissionPolicy(
-        max_auth_failures=section.max_auth_failures,
-        auth_failure_delay_max=section.auth_failure_delay_max_seconds,
-        unlisted_recipient=section.unlisted_recipient,
-        suspended=SuspendedPolicy(section.suspended_mailbox),
-    )
-
-
-def check_tls_context(context: ssl.SSLContext) -> None:
-    """Client certificates must be asked for (EXTERNAL) but not required (token and password users)."""
-    if context.verify_mode != ssl.CERT_OPTIONAL:
-        raise ValueError(
-            "the submission TLS context must request client certificates without requiring them "
-            "(verify_mode CERT_OPTIONAL)"
-        )
-    if context.minimum_version == ssl.TLSVersion.MINIMUM_SUPPORTED:
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-    elif context.minimum_version < ssl.TLSVersion.TLSv1_2:
-        raise ValueError("the submission TLS context allows TLS versions below 1.2")
-
-
-class SubmissionSmtpService:
-    """Listens on `[smtp_submission] host:starttls_port` (STARTTLS) and `host:implicit_tls_port`
-    (implicit TLS). `tls_context_factory(settings)` builds the server context (CERT_OPTIONAL); it
-    is called again on reload so that new certificates apply to new sessions."""
-
-    name = LISTENER
-
-    def __init__(
-        self, settings: Settings, ports: SubmissionPorts, tls_context_factory: TlsContextFactory
-    ) -> None:
-        self._settings = settings
-        self._ports = ports
-        self._tls_factory = tls_context_factory
-        self._registry = SessionRegistry()
-        self._servers: dict[str, asyncio.Server] = {}
-        self._config = wire_config(settings)
-        self._policy = submission_policy(settings)
-        self._tls_context = self._build_tls(settings)
-
-    def _build_tls(self, settings: Settings) -> ssl.SSLContext:
-        context = self._tls_factory(settings)
-        check_tls_context(context)
-        return context
-
-    def _port_of(self, kind: str) -> int:
-        server = self._servers.get(kind)
-        if server is None or not server.sockets:
-            raise RuntimeError("service is not started")
-        return int(server.sockets[0].getsockname()[1])
-
-    @property
-    def starttls_port(self) -> int:
-        return self._port_of("starttls")
-
-    @property
-    def implicit_tls_port(self) -> int:
-        return self._port_of("implicit")
-
-    @property
-    def active_sessions(self) -> int:
-        return len(self._registry.sessions)
-
-    def _factory(self) -> SubmissionSmtp:
-        return SubmissionSmtp(
-            self._config,
-            ports=self._ports,
-            policy=self._policy,
-            tls_context=self._tls_context,
-            registry=self._registry,
-        )
-
-    async def start(self) -> None:
-        # aiosmtpd logs every command line (AUTH payloads included) at INFO: keep it quiet.
-        logging.getLogger("mail.log").setLevel(logging.WARNING)
-        section = self._settings.smtp_submission
-        self._registry.stopping = False
-        loop = asyncio.get_running_loop()
-        self._servers["starttls"] = await loop.create_server(
-            self._factory, host=section.host, port=section.starttls_port
-        )
-        self._servers["implicit"] = await loop.create_server(
-            self._factory, host=section.host, port=section.implicit_tls_port, ssl=self._tls_context
-        )
-        for kind, server in self._servers.items():
-            for sock in server.sockets:
-                host, port = sock.getsockname()[:2]
-                log.info("listening", service=self.name, address=f"{host}:{port}", tls=kind)
-
-    async def stop(self, grace: float) -> None:
-        """Stop accepting; idle sessions get 421 now, sessions in a transaction get `grace` seconds."""
-        self._registry.stopping = True
-        for server in self._servers.values():
-            server.close()
-        for session in list(self._registry.sessions):
-            session.close_if_idle()
-        if not await self._registry.wait_empty(grace):
-            remaining = list(self._registry.sessions)
-            log.warning("grace period over, closing sessions", service=self.name, sessions=len(remaining))
-            for session in remaining:
-                session.abort()
-            await self._registry.wait_empty(5.0)
-        for server in self._servers.values():
-            await server.wait_closed()
-        self._servers = {}
-        log.info("stopped", service=self.name)
-
-    async def reload(self, settings: Settings) -> None:
-        """New settings and TLS context for new sessions. The implicit TLS socket is bound with its
-        context, so it is re-bound on the same address (open sessions go on); changing a bind
-        address needs a restart."""
-        tls_context = self._build_tls(settings)
-        self._settings = settings
-        self._config = wire_config(settings)
-        self._policy = submission_policy(settings)
-        self._tls_context = tls_context
-        old = self._servers.get("implicit")
-        if old is not None and old.sockets:
-            # The bound port: the configured one, or the ephemeral one a test asked for with 0.
-            port = int(old.sockets[0].getsockname()[1])
-            host = settings.smtp_submission.host
-            old.close()
-            loop = asyncio.get_running_loop()
-            self._servers["implicit"] = await loop.create_server(
-                self._factory, host=host, port=port, ssl=tls_context
-            )
-        log.info("reloaded", service=self.name)

@@ -37,7 +37,6 @@ from mssante_operator.auth import (
     advertised_mechanisms,
     may_send_as,
 )
-from mssante_operator.ops.logging import get_logger
 from mssante_operator.pki.identity import CertificateIdentity
 from mssante_operator.smtp.address import Address
 from mssante_operator.smtp.data import DataResult, ReceivedInfo, received_header
@@ -65,7 +64,6 @@ from mssante_operator.store.mailstore import new_queue_id
 
 LISTENER = "submission"
 
-log = get_logger("mssante_operator.smtp.submission")
 
 AUTH_REQUIRED = SmtpReply(530, "5.7.0", "Authentication required")
 AUTH_OK = SmtpReply(235, "2.7.0", "Authentication successful")

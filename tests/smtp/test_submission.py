@@ -112,7 +112,7 @@ async def test_person_certificate_external_local_and_remote_with_dsn_params(worl
         remote = f"dr.dupont@{PEER_DOMAIN}"
         data = message(JEAN, [CLAIRE, remote], extra=X_MSS)
         await client.mail(JEAN, options=["RET=HDRS", "ENVID=dossier+2B42", "SIZE=1000"])
-        await client.rcpt(CLAIRE, options=["NOTIFY=NEVER"])
+        await client.rcpt(CLAIRE, options=["NOTIFY=SUCCESS"])
         await client.rcpt(remote, options=["NOTIFY=SUCCESS,FAILURE", f"ORCPT=rfc822;{remote}"])
         reply = await client.data(data)
     finally:
@@ -130,6 +130,10 @@ async def test_person_certificate_external_local_and_remote_with_dsn_params(worl
     assert head.count(b"\r\nDate: ") == 1 and head.count(b"\r\nMessage-ID: <") == 1
     assert stored.endswith(data)
     assert X_MSS in stored
+    # NOTIFY=SUCCESS for the local recipient: the success report is already in the sender's INBOX.
+    [report] = await world.inbox(JEAN)
+    assert b"report-type=delivery-status" in report and b"Action: delivered" in report
+    assert f"Final-Recipient: rfc822; {CLAIRE}".encode() in report
 
     [(entry, recipients)] = await world.queue()
     assert (entry.queue_id, entry.recipient_domain, entry.mail_from) == (queue_id, PEER_DOMAIN, JEAN)
@@ -475,6 +479,7 @@ async def test_brute_force_is_rate_limited_then_even_the_right_password_waits(
         await stop_world(world)
     failures = world.audit.named("auth.failure")
     assert len(failures) == 7 and failures[-1].details.get("rate_limited") is True
+    assert {f.details["claimed"] for f in failures} == {JEAN}
     assert all(PASSWORD not in repr(e) and "guess-" not in repr(e) for e in world.audit.events)
 
 

@@ -32,6 +32,7 @@ from mssante_operator.auth import (
     Failed,
     Malformed,
     Mechanism,
+    PasswordCredentials,
     SaslExchange,
     UnsupportedMechanism,
     advertised_mechanisms,
@@ -413,6 +414,9 @@ class SubmissionSmtp(MssSmtp):
             await self.reply(AUTH_OK)
             return
         reason = result.reason
+        claimed = (
+            credentials.username if isinstance(credentials, PasswordCredentials) else credentials.authzid
+        )
         if (
             isinstance(credentials, ExternalCredentials)
             and self.certificate is not None
@@ -422,11 +426,11 @@ class SubmissionSmtp(MssSmtp):
         if result.rate_limited:
             wait = max(1, round(result.retry_after))
             await self.reply(SmtpReply(454, "4.7.0", f"{PUBLIC_RATE_LIMITED} (in {wait} seconds)"))
-            await self._auth_failed(mechanism, reason, None, rate_limited=True)
+            await self._auth_failed(mechanism, reason, None, rate_limited=True, claimed=claimed)
             return
         if result.temporary:
             await self.reply(AUTH_TEMPORARY)
-            await self._auth_failed(mechanism, reason, None, counted=False)
+            await self._auth_failed(mechanism, reason, None, counted=False, claimed=claimed)
             return
         rejection = exchange.reject(openid_configuration=self.ports.authenticator.openid_configuration_url)
         # RFC 7628 3.2.3: the error JSON as a 334, the client answers (^A), then 535.
@@ -436,7 +440,7 @@ class SubmissionSmtp(MssSmtp):
         if delay > 0:
             await asyncio.sleep(delay)
         await self.reply(AUTH_FAILED)
-        await self._auth_failed(mechanism, reason, result.retry_after)
+        await self._auth_failed(mechanism, reason, result.retry_after, claimed=claimed)
 
     def _auth_details(self, mechanism: str) -> dict[str, Any]:
         tls = self.tls
@@ -454,8 +458,13 @@ class SubmissionSmtp(MssSmtp):
         *,
         rate_limited: bool = False,
         counted: bool = True,
+        claimed: str | None = None,
     ) -> None:
         details = self._auth_details(mechanism)
+        if claimed:
+            # The account the client named (a user name or authorization identity): not a secret,
+            # and what an administrator looks for when a mailbox is under attack.
+            details["claimed"] = claimed[:320]
         if rate_limited:
             details["rate_limited"] = True
         if retry_after:

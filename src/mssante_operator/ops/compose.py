@@ -126,7 +126,6 @@ def build_application(settings: Settings, config_path: Path | None = None) -> Ap
     if mailstore is not None and holder is not None and components.audit is not None:
         audit = components.audit
         dsn = DsnSender(mailstore)
-        relay: RelayWorker | None = None
         if settings.relay.enabled:
             relay = _relay_worker(settings, components.sessions, mailstore, trust_store, holder, dsn, audit)
             dsn.on_queued = relay.wake
@@ -152,7 +151,8 @@ def build_application(settings: Settings, config_path: Path | None = None) -> Ap
                     audit=audit,
                     metrics=components.metrics,
                     dsn=dsn,
-                    wake_relay=relay.wake if relay is not None else None,
+                    # The relay worker's wake-up (set just above when the relay is enabled).
+                    wake_relay=dsn.on_queued,
                 )
             )
             wired.add("smtp_submission")

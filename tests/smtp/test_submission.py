@@ -518,7 +518,8 @@ async def test_malformed_and_cancelled_auth_exchanges(world: World) -> None:
         await client.ehlo()
         bad = await client.execute_command(b"AUTH", b"PLAIN", b"not*base64")
         assert (bad.code, bad.message[:5]) == (501, "5.5.2") and "base64" in bad.message
-        await client.execute_command(b"AUTH", b"LOGIN")  # 334 Username:
+        username = await client.execute_command(b"AUTH", b"LOGIN")
+        assert (username.code, username.message) == (334, "VXNlcm5hbWU6")  # "Username:", as sent
         cancelled = await client.execute_command(b"*")
         assert (cancelled.code, cancelled.message) == (501, "5.7.0 Authentication cancelled")
         unknown = await client.execute_command(b"AUTH", b"CRAM-MD5")
@@ -529,7 +530,8 @@ async def test_malformed_and_cancelled_auth_exchanges(world: World) -> None:
     await client.connect()
     try:
         await client.ehlo()
-        await client.execute_command(b"AUTH", b"OAUTHBEARER")  # 334, then a line far too long
+        empty = await client.execute_command(b"AUTH", b"OAUTHBEARER")  # then a line far too long
+        assert (empty.code, empty.message) == (334, "")
         too_long = await client.execute_command(b"A" * 40000)
         assert (too_long.code, too_long.message[:5]) == (500, "5.5.6")
         assert (await client.noop()).code == 250

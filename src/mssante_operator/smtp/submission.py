@@ -20,6 +20,8 @@ import ssl
 from datetime import UTC, datetime
 from typing import Any
 
+from aiosmtpd.smtp import SMTP
+
 from mssante_operator.auth import (
     PUBLIC_RATE_LIMITED,
     PUBLIC_TEMPORARY,
@@ -48,6 +50,7 @@ from mssante_operator.smtp.ports import MailboxState, RecipientSpec, Verdict
 from mssante_operator.smtp.replies import (
     RECIPIENT_OK,
     SENDER_OK,
+    SHUTTING_DOWN,
     STORAGE_FAILED,
     Decision,
     SmtpReply,
@@ -295,6 +298,8 @@ class SubmissionSmtp(MssSmtp):
             await self.smtp_AUTH(arg)
         finally:
             self._busy = False
+            if self._closing and self.transaction is None:
+                self._close_with(SHUTTING_DOWN)
 
     async def smtp_AUTH(self, arg: str | None) -> None:
         if not self.helo:
@@ -352,7 +357,9 @@ class SubmissionSmtp(MssSmtp):
 
     async def _auth_line(self, challenge: Challenge) -> bytes | None:
         """Send a 334 continuation and read the client's answer; None when the exchange is over."""
-        await self.push("334 " + base64.b64encode(challenge.data).decode("ascii"))
+        # Straight to aiosmtpd's push: a 334 carries no enhanced status code (RFC 2034 covers
+        # only 2xx, 4xx and 5xx), and a base64 challenge must reach the client as it is.
+        await SMTP.push(self, "334 " + base64.b64encode(challenge.data).decode("ascii"))
         try:
             line = await self._reader.readuntil(b"\n")
         except asyncio.LimitOverrunError:

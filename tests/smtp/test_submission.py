@@ -153,6 +153,7 @@ async def test_person_certificate_external_local_and_remote_with_dsn_params(worl
     metrics = world.metrics.render().decode()
     assert 'mssante_submitted_messages_total{software="DPI-Test/4.2 _editeur_"} 1.0' in metrics
     assert 'mssante_auth_attempts_total{mechanism="EXTERNAL",outcome="success"} 1.0' in metrics
+    assert 'mssante_smtp_sessions_active{listener="submission"}' in metrics
 
 
 async def test_organisation_certificate_sends_as_its_app_mailbox_with_authzid(world: World) -> None:

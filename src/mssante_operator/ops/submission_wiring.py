@@ -239,6 +239,9 @@ class MetricsObserver:
     def auth_attempt(self, mechanism: str, outcome: str) -> None:
         self._metrics.auth_attempts.labels(mechanism=mechanism, outcome=outcome).inc()
 
+    def sessions(self, count: int) -> None:
+        self._metrics.smtp_sessions_active.labels(listener=LISTENER).set(count)
+
     def message(self, outcome: str, *, software: str | None = None, size: int | None = None) -> None:
         self._metrics.messages_received.labels(listener=LISTENER, outcome=outcome).inc()
         if outcome == "accepted":

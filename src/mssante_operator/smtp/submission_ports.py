@@ -122,12 +122,19 @@ class SubmissionObserver(Protocol):
 
     def message(self, outcome: str, *, software: str | None = None, size: int | None = None) -> None: ...
 
+    def sessions(self, count: int) -> None:
+        """The number of open sessions (both ports) changed."""
+        ...
+
 
 class NullObserver:
     def auth_attempt(self, mechanism: str, outcome: str) -> None:
         return None
 
     def message(self, outcome: str, *, software: str | None = None, size: int | None = None) -> None:
+        return None
+
+    def sessions(self, count: int) -> None:
         return None
 
 

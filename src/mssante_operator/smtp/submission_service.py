@@ -12,12 +12,28 @@ from mssante_operator.config.settings import Settings
 from mssante_operator.ops.logging import get_logger
 from mssante_operator.smtp.policy import SuspendedPolicy
 from mssante_operator.smtp.submission import LISTENER, SubmissionSmtp
-from mssante_operator.smtp.submission_ports import SubmissionPolicy, SubmissionPorts
-from mssante_operator.smtp.wire import SessionRegistry, WireConfig
+from mssante_operator.smtp.submission_ports import SubmissionObserver, SubmissionPolicy, SubmissionPorts
+from mssante_operator.smtp.wire import MssSmtp, SessionRegistry, WireConfig
 
 log = get_logger("mssante_operator.smtp.submission_service")
 
 TlsContextFactory = Callable[[Settings], ssl.SSLContext]
+
+
+class _ObservedRegistry(SessionRegistry):
+    """Reports the number of open sessions (the sessions gauge) as it changes."""
+
+    def __init__(self, observer: SubmissionObserver) -> None:
+        super().__init__()
+        self._observer = observer
+
+    def add(self, session: MssSmtp) -> None:
+        super().add(session)
+        self._observer.sessions(len(self.sessions))
+
+    def discard(self, session: MssSmtp) -> None:
+        super().discard(session)
+        self._observer.sessions(len(self.sessions))
 
 
 def wire_config(settings: Settings) -> WireConfig:
@@ -73,7 +89,7 @@ class SubmissionSmtpService:
         self._settings = settings
         self._ports = ports
         self._tls_factory = tls_context_factory
-        self._registry = SessionRegistry()
+        self._registry = _ObservedRegistry(ports.observer)
         self._servers: dict[str, asyncio.Server] = {}
         self._config = wire_config(settings)
         self._policy = submission_policy(settings)

@@ -105,6 +105,25 @@ class SmtpSubmissionSettings(Section):
     starttls_port: Port = 587
     implicit_tls_port: Port = 465
     max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
+    max_recipients: int = Field(default=100, ge=1, description="RCPT TO per message (more: 452 4.5.3)")
+    max_line_length: int = Field(default=1000, ge=80, description="octets per DATA line, CRLF included")
+    max_header_count: int = Field(default=500, ge=10)
+    max_bad_commands: int = Field(default=20, ge=1, description="syntax/sequence errors before 421")
+    max_connections: int = Field(default=500, ge=1)
+    idle_timeout_seconds: float = Field(default=300.0, gt=0)
+    data_timeout_seconds: float = Field(default=600.0, gt=0)
+    max_auth_failures: int = Field(
+        default=3, ge=1, description="failed AUTH commands in one session before 421 and disconnect"
+    )
+    auth_failure_delay_max_seconds: float = Field(
+        default=5.0, ge=0, description="longest pause before answering a failed AUTH (rate-limit delay)"
+    )
+    unlisted_recipient: Literal["accept", "refuse"] = Field(
+        default="accept",
+        description="a recipient the national directory mirror does not list: accept (and note it) "
+        "or refuse with 550 5.1.1",
+    )
+    suspended_mailbox: Literal["temporary", "permanent"] = "temporary"
 
 
 class ImapSettings(Section):

@@ -49,6 +49,7 @@ from mssante_operator.ops.health import (
 from mssante_operator.ops.http import OpsHttpService
 from mssante_operator.ops.logging import get_logger
 from mssante_operator.ops.metrics import Metrics
+from mssante_operator.ops.submission_wiring import build_submission_service
 from mssante_operator.pki import CertificateValidator, PkiLoadError, client_tls_context, server_tls_context
 from mssante_operator.pki.tls import ClientCertMode
 from mssante_operator.relay.schedule import schedule_from_settings
@@ -161,6 +162,23 @@ def build_application(settings: Settings, config_path: Path | None = None) -> Ap
             )
             app.add_service(InboundSmtpService(settings, ports, _inbound_tls_context))
             wired.add("smtp_inbound")
+        # --- smtp_submission ---
+        if settings.smtp_submission.enabled:
+            app.add_service(
+                build_submission_service(
+                    settings,
+                    mailstore=mailstore,
+                    validator=holder,
+                    trust_store=trust_store,
+                    audit=audit,
+                    metrics=components.metrics,
+                    dsn=dsn,
+                    # The relay worker's wake-up (set just above when the relay is enabled).
+                    wake_relay=dsn.on_queued,
+                )
+            )
+            wired.add("smtp_submission")
+        # --- end smtp_submission ---
     for section in ("smtp_inbound", "smtp_submission", "imap"):
         if getattr(settings, section).enabled and section not in wired:
             log.warning("listener enabled in the configuration but not in this version", section=section)

@@ -328,6 +328,8 @@ class ReceivedInfo:
     peer_subject: str | None = None
     recipient: str | None = None  # only when the message has exactly one recipient
     software: str = "mssante-operator"
+    # Submission: who logged in (a principal and the SASL mechanism; never a credential).
+    authenticated: str | None = None
 
 
 def received_header(info: ReceivedInfo, when: datetime) -> bytes:
@@ -344,6 +346,8 @@ def received_header(info: ReceivedInfo, when: datetime) -> bytes:
         lines.append(f"({tls})")
     if info.peer_subject is not None:
         lines.append(f'(peer certificate subject "{_comment_safe(info.peer_subject)}" verified OK)')
+    if info.authenticated is not None:
+        lines.append(f"(authenticated as {_comment_safe(info.authenticated)})")
     lines.append(
         f"by {_token_safe(info.by_host)} ({_comment_safe(info.software)}) with {info.protocol} "
         f"id {_token_safe(info.queue_id)}"

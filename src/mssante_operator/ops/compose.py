@@ -22,7 +22,9 @@ from prometheus_client import disable_created_metrics
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mssante_operator.audit import AuditLog
+from mssante_operator.auth import Authenticator
 from mssante_operator.config import Settings
+from mssante_operator.imap.service import ImapService
 from mssante_operator.ops.adapters import (
     AuditAdapter,
     AuditRelayObserver,
@@ -55,6 +57,7 @@ from mssante_operator.smtp.service import InboundSmtpService
 from mssante_operator.store import create_engine, session_factory
 from mssante_operator.store.crypto import KeyFileError, MasterKey
 from mssante_operator.store.mailstore import MailStore
+from mssante_operator.store.pgnotify import PgChangeRelay
 from mssante_operator.trust.refresher import TrustRefresher
 from mssante_operator.trust.store import TrustStore, trust_health
 
@@ -139,6 +142,16 @@ def build_application(settings: Settings, config_path: Path | None = None) -> Ap
             )
             app.add_service(InboundSmtpService(settings, ports, _inbound_tls_context))
             wired.add("smtp_inbound")
+    # --- imap ---
+    if mailstore is not None and holder is not None and components.audit is not None:
+        if engine.dialect.name == "postgresql":
+            # Deliveries made by this process wake IMAP sessions of other processes at once.
+            app.add_service(PgChangeRelay(settings.store.url.get_secret_value(), mailstore.changes))
+        if settings.imap.enabled:
+            authenticator = Authenticator.from_settings(settings, directory=mailstore)
+            app.add_service(ImapService(settings, mailstore, authenticator, components.audit, holder))
+            wired.add("imap")
+    # --- end imap ---
     for section in ("smtp_inbound", "smtp_submission", "imap"):
         if getattr(settings, section).enabled and section not in wired:
             log.warning("listener enabled in the configuration but not in this version", section=section)

@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pki_fixtures import PERSON_ID, STRUCTURE_ID, SERVER_HOST
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mssante_operator.accounts import hash_password
@@ -31,18 +30,20 @@ from mssante_operator.store import session_factory
 from mssante_operator.store.crypto import MasterKey
 from mssante_operator.store.mailstore import MailStore
 from mssante_operator.store.models import MailboxStatus
+from pki_fixtures import PERSON_ID, SERVER_HOST, STRUCTURE_ID
 
 DOMAIN = "hopital-demo.mssante.test"
 PER = f"jean.martin@{DOMAIN}"  # a practitioner's own mailbox: certificate only (policy)
 ORG = f"secretariat.cardio@{DOMAIN}"  # a service mailbox: password allowed (policy)
 SUSPENDED = f"ancien.service@{DOMAIN}"
-PASSWORD = "Corr3ct-Horse-Battery-Staple"  # noqa: S105
+PASSWORD = "Corr3ct-Horse-Battery-Staple"
 
 XDM = (
     b"From: labo@labo-c.mssante.fr\r\nTo: jean.martin@hopital-demo.mssante.test\r\n"
     b"Subject: =?UTF-8?Q?R=C3=A9sultats?=\r\nDate: Mon, 6 Jan 2025 10:00:00 +0100\r\n"
     b"Message-ID: <r1@labo-c>\r\nMIME-Version: 1.0\r\n"
-    b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n'
+    b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+    b"--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
     b"Glyc\xc3\xa9mie normale.\r\n--b\r\nContent-Type: application/zip; name=IHE_XDM.ZIP\r\n"
     b"Content-Disposition: attachment; filename=IHE_XDM.ZIP\r\nContent-Transfer-Encoding: base64\r\n\r\n"
     b"UEsDBBQAAAAIAA==\r\n--b--\r\n"
@@ -115,9 +116,7 @@ async def populate(store: MailStore) -> None:
 
 
 @asynccontextmanager
-async def running_imap(
-    engine: AsyncEngine, pki: DevPki, tmp: Path, **imap: object
-) -> AsyncIterator[ImapEnv]:
+async def running_imap(engine: AsyncEngine, pki: DevPki, tmp: Path, **imap: object) -> AsyncIterator[ImapEnv]:
     sessions = session_factory(engine)
     key = os.urandom(32)
     store = MailStore(sessions, MasterKey(key))

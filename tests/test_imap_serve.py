@@ -12,10 +12,9 @@ from pathlib import Path
 
 import aiosmtplib
 import pytest
+
 from imap_service_support import ORG, PASSWORD, XDM
 from imap_service_support import populate as populate_mailboxes
-from pki_fixtures import STRUCTURE_ID, leaf
-
 from mssante_operator.audit.reader import StoredRecord, iter_records
 from mssante_operator.pki.devpki import DevPki
 from mssante_operator.store import create_engine, session_factory
@@ -23,6 +22,7 @@ from mssante_operator.store.crypto import MasterKey
 from mssante_operator.store.mailstore import MailStore
 from mssante_operator.trust.sample import install_sample_list
 from ops_support import EXE, ServeProcess, free_port
+from pki_fixtures import STRUCTURE_ID, leaf
 
 PEER_DOMAIN = "clinique-peer.mssante.test"
 
@@ -114,8 +114,12 @@ async def test_delivered_over_smtp_read_over_imap(
     ports = {name: free_port() for name in ("smtp", "imap", "imaps", "ops")}
     config = serve_config(tmp_path, dev_pki, store_url, ports)
     MasterKey.generate(tmp_path / "master.key")
-    upgrade = subprocess.run(
-        [str(EXE), "--config", str(config), "db", "upgrade"], cwd=tmp_path, capture_output=True, text=True
+    upgrade = await asyncio.to_thread(
+        subprocess.run,
+        [str(EXE), "--config", str(config), "db", "upgrade"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
     )
     assert upgrade.returncode == 0, upgrade.stderr
     await prepare(tmp_path, dev_pki, store_url, peer[0])

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from imap_service_support import ORG, PASSWORD, XDM, ImapEnv, message, running_imap
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from imap_service_support import ORG, PASSWORD, XDM, ImapEnv, message, running_imap
 from mssante_operator.pki.devpki import DevPki
 from mssante_operator.store.mailstore import FlagMode
-
-pytestmark = pytest.mark.skipif(shutil.which("mbsync") is None, reason="isync (mbsync) is not installed")
 
 
 @pytest.fixture

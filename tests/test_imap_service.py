@@ -202,9 +202,7 @@ async def test_qresync_reports_vanished_uids(env: ImapEnv) -> None:
         assert typ == "OK"
         vanished = client.untagged_responses.pop("VANISHED", [])
         client.state = "SELECTED"  # imaplib does not know SELECT was sent by hand
-        typ, _ = client._simple_command(
-            "UID", "FETCH", "1:*", "(FLAGS)", f"(CHANGEDSINCE {before} VANISHED)"
-        )
+        typ, _ = client._simple_command("UID", "FETCH", "1:*", "(FLAGS)", f"(CHANGEDSINCE {before} VANISHED)")
         assert typ == "OK"
         later = client.untagged_responses.pop("VANISHED", [])
         client.logout()

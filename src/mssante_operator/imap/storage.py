@@ -68,6 +68,8 @@ log = get_logger(__name__)
 
 #: Messages per store round trip in FETCH and SEARCH (bounded memory for bodies).
 BATCH = 200
+#: Messages per round trip when only metadata (flags, sizes, dates) is fetched.
+META_BATCH = 5000
 
 _MODES: dict[str, FlagMode] = {"": FlagMode.SET, "+": FlagMode.ADD, "-": FlagMode.REMOVE}
 
@@ -348,12 +350,16 @@ class StoreBackend:
         self, folder_id: int, uids: Sequence[int], request: FetchRequest
     ) -> AsyncIterator[MessageData]:
         folder = self._folder(folder_id)
-        for start in range(0, len(uids), BATCH):
-            batch = uids[start : start + BATCH]
+        # Without content, rows are small: bigger batches, each one range query on (folder, uid).
+        size = BATCH if request.content != "none" else META_BATCH
+        for start in range(0, len(uids), size):
+            batch = uids[start : start + size]
+            wanted = set(batch)
             with _store_errors():
                 rows = await self.store.list_messages(
-                    folder_id, changed_since=request.changedsince, uids=batch
+                    folder_id, changed_since=request.changedsince, uid_range=(min(batch), max(batch))
                 )
+                rows = [m for m in rows if m.uid in wanted]
                 changed: dict[int, MessageInfo] = {}
                 if request.mark_seen:
                     unseen = [m.uid for m in rows if "\\Seen" not in m.flags]

@@ -1016,9 +1016,15 @@ class MailStore:
     # -- messages in a folder (IMAP) -------------------------------------------------------------
 
     async def list_messages(
-        self, folder_id: int, *, changed_since: int | None = None, uids: Sequence[int] | None = None
+        self,
+        folder_id: int,
+        *,
+        changed_since: int | None = None,
+        uids: Sequence[int] | None = None,
+        uid_range: tuple[int, int] | None = None,
     ) -> list[MessageInfo]:
-        """Messages of a folder in UID order (optionally only those with modseq > changed_since)."""
+        """Messages of a folder in UID order (optionally only those with modseq > changed_since,
+        among `uids`, or with `uid_range[0] <= uid <= uid_range[1]`)."""
         query = select(
             Message.id, Message.uid, Message.flags, Message.internal_date, Message.size, Message.modseq
         ).where(Message.folder_id == folder_id)
@@ -1026,6 +1032,8 @@ class MailStore:
             query = query.where(Message.modseq > changed_since)
         if uids is not None:
             query = query.where(Message.uid.in_(list(uids)))
+        if uid_range is not None:
+            query = query.where(Message.uid.between(uid_range[0], uid_range[1]))
         async with self._read() as session:
             rows = (await session.execute(query.order_by(Message.uid))).all()
         return [

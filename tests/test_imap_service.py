@@ -356,3 +356,22 @@ async def test_stop_says_bye_to_connected_clients(env: ImapEnv) -> None:
     assert line.startswith(b"* BYE")
     with pytest.raises((OSError, imaplib.IMAP4.abort)):
         await asyncio.to_thread(client.noop)
+
+
+async def test_external_after_starttls_and_reload(env: ImapEnv) -> None:
+    cert = env.person_cert()
+    await env.service.reload(env.settings)
+
+    def scenario() -> list[object]:
+        client = imaplib.IMAP4("127.0.0.1", env.service.starttls_port, timeout=30)
+        assert "AUTH=EXTERNAL" not in client.capabilities  # nothing is offered before TLS
+        client.starttls(ssl_context=env.client_context(cert))
+        ok(client.capability())
+        assert "AUTH=EXTERNAL" in client.capabilities
+        ok(client.authenticate("EXTERNAL", lambda _challenge: b""))
+        quota = ok(client.getquotaroot("INBOX"))
+        client.logout()
+        return quota
+
+    quota = await asyncio.to_thread(scenario)
+    assert quota[1] == [b'"" (STORAGE 0 2097152)']  # KiB used and allowed: the 2 GiB default quota

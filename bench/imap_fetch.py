@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import imaplib
+import json
 import os
 import ssl
 import sys
@@ -41,17 +42,20 @@ from mssante_operator.store.mailstore import MailStore
 
 PG_DSN = os.environ.get("MSSANTE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 USER = "secretariat@hopital.mssante.test"
-PASSWORD = "Bench-Password-2026!"  # noqa: S105
+PASSWORD = "Bench-Password-2026!"
 
 
 def message(i: int) -> bytes:
     sender = "labo@labo-c.mssante.fr" if i % 10 == 0 else f"dr{i % 37}@clinique.mssante.fr"
-    date = (datetime(2025, 1, 1, tzinfo=UTC) + timedelta(days=i % 300)).strftime("%a, %d %b %Y %H:%M:%S +0000")
+    date = (datetime(2025, 1, 1, tzinfo=UTC) + timedelta(days=i % 300)).strftime(
+        "%a, %d %b %Y %H:%M:%S +0000"
+    )
     body = ("Compte rendu de consultation. " * 40 + "\r\n") * 5
     return (
         f"From: {sender}\r\nTo: {USER}\r\nSubject: Patient {i} - compte rendu\r\nDate: {date}\r\n"
         f"Message-ID: <{i}.{uuid.uuid4().hex}@bench>\r\nMIME-Version: 1.0\r\n"
-        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n'
+        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        "--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
         f"{body}--b\r\nContent-Type: application/zip; name=IHE_XDM.ZIP\r\n"
         "Content-Transfer-Encoding: base64\r\n\r\nUEsDBBQAAAAIAA==\r\n--b--\r\n"
     ).encode()
@@ -78,7 +82,9 @@ async def database(backend: str) -> AsyncIterator[str]:
 
 async def fill(store: MailStore, total: int) -> None:
     await store.add_domain("hopital.mssante.test")
-    await store.add_mailbox(USER, MailboxType.ORG, structure_id="1750000018", password_hash=hash_password(PASSWORD))
+    await store.add_mailbox(
+        USER, MailboxType.ORG, structure_id="1750000018", password_hash=hash_password(PASSWORD)
+    )
     distinct = min(200, total)
     for i in range(distinct):
         await store.store_message(message(i), local_recipients=[USER])
@@ -90,7 +96,9 @@ async def fill(store: MailStore, total: int) -> None:
         count += len(uids)
 
 
-def timed(label: str, results: list[tuple[str, float, str]], func: Callable[[], object], detail: str = "") -> None:
+def timed(
+    label: str, results: list[tuple[str, float, str]], func: Callable[[], object], detail: str = ""
+) -> None:
     start = time.perf_counter()
     func()
     results.append((label, time.perf_counter() - start, detail))
@@ -111,7 +119,10 @@ def client_run(port: int, ca: Path, total: int) -> list[tuple[str, float, str]]:
         "100 msgs, decrypts",
     )
     timed(
-        "FETCH 1:1000 (BODY.PEEK[])", results, lambda: client.fetch("1:1000", "(BODY.PEEK[])"), "1000 msgs, ~6 kB"
+        "FETCH 1:1000 (BODY.PEEK[])",
+        results,
+        lambda: client.fetch("1:1000", "(BODY.PEEK[])"),
+        "1000 msgs, ~6 kB",
     )
     timed(
         "UID SEARCH FROM labo SINCE 1-Mar-2025",
@@ -125,7 +136,9 @@ def client_run(port: int, ca: Path, total: int) -> list[tuple[str, float, str]]:
 
 
 async def run(backend: str, total: int, tmp: Path) -> list[tuple[str, float, str]]:
-    pki = DevPki.init(tmp / f"pki-{backend}", server_hostname="mail.bench.test", server_structure_id="1750000018")
+    pki = DevPki.init(
+        tmp / f"pki-{backend}", server_hostname="mail.bench.test", server_structure_id="1750000018"
+    )
     async with database(backend) as url:
         engine = create_engine(url)
         await upgrade(engine)
@@ -134,7 +147,9 @@ async def run(backend: str, total: int, tmp: Path) -> list[tuple[str, float, str
         start = time.perf_counter()
         await fill(store, total)
         print(f"{backend}: filled {total} messages in {time.perf_counter() - start:.1f}s", file=sys.stderr)
-        section = ImapSettings(host="127.0.0.1").model_copy(update={"starttls_port": 0, "implicit_tls_port": 0})
+        section = ImapSettings(host="127.0.0.1").model_copy(
+            update={"starttls_port": 0, "implicit_tls_port": 0}
+        )
         settings = Settings(
             instance=InstanceSettings(hostname="mail.bench.test"),
             pki=pki.pki_settings(),
@@ -144,10 +159,25 @@ async def run(backend: str, total: int, tmp: Path) -> list[tuple[str, float, str
         audit = AuditLog(sessions)
         await audit.start()
         validator = CertificateValidator.from_settings(settings.pki)
-        service = ImapService(settings, store, Authenticator.from_settings(settings, store), audit, lambda: validator)
+        service = ImapService(
+            settings, store, Authenticator.from_settings(settings, store), audit, lambda: validator
+        )
         await service.start()
         try:
-            return await asyncio.to_thread(client_run, service.implicit_tls_port, pki.ca_bundle, total)
+            # The client runs in its own process: imaplib's parsing must not share the server's GIL.
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                __file__,
+                "--client",
+                str(service.implicit_tls_port),
+                str(pki.ca_bundle),
+                str(total),
+                stdout=asyncio.subprocess.PIPE,
+            )
+            out, _ = await proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError("the benchmark client failed")
+            return [tuple(row) for row in json.loads(out)]  # type: ignore[misc]
         finally:
             await service.stop(1.0)
             await audit.stop()
@@ -155,6 +185,9 @@ async def run(backend: str, total: int, tmp: Path) -> list[tuple[str, float, str
 
 
 async def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--client":
+        print(json.dumps(client_run(int(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))))
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--backend", choices=["all", "sqlite", "postgresql"], default="all")

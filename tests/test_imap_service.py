@@ -375,3 +375,39 @@ async def test_external_after_starttls_and_reload(env: ImapEnv) -> None:
 
     quota = await asyncio.to_thread(scenario)
     assert quota[1] == [b'"" (STORAGE 0 2097152)']  # KiB used and allowed: the 2 GiB default quota
+
+
+async def test_search_mixes_metadata_and_content_keys(env: ImapEnv) -> None:
+    await env.store.store_message(XDM, local_recipients=[ORG])  # From labo@..., "Glycémie" in its text
+    for i in range(4):
+        await env.store.store_message(message(f"s{i}", "compte rendu"), local_recipients=[ORG])
+
+    def scenario() -> dict[str, bytes]:
+        client = env.implicit_client()
+        ok(client.login(ORG, PASSWORD))
+        ok(client.select("INBOX"))
+        ok(client.uid("STORE", "1,3", "+FLAGS", "(\\Flagged)"))
+        found = {}
+        for name, criteria in {
+            "from": ("FROM", "labo@labo-c"),
+            "from_flagged": ("FLAGGED", "FROM", "labo-c.mssante.fr"),
+            "subject_unflagged": ("UNFLAGGED", "SUBJECT", "s"),
+            "text": ("CHARSET", "UTF-8", "TEXT", "glycémie".encode()),
+            "body_not": ("NOT", "BODY", "compte"),
+            "or": ("OR", "SUBJECT", "s1", "SUBJECT", "s3"),
+        }.items():
+            data = ok(client.uid("SEARCH", *criteria))
+            found[name] = data[0]  # type: ignore[assignment]
+        client.logout()
+        return found
+
+    found = await asyncio.to_thread(scenario)
+    assert found == {
+        "from": b"1",
+        "from_flagged": b"1 3",
+        "subject_unflagged": b"2 4 5",
+        "text": b"1",
+        "body_not": b"1",
+        "or": b"3 5",
+    }
+    assert await env.records("message.read") == []  # searching is not reading

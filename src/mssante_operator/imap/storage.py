@@ -45,7 +45,7 @@ from mssante_operator.imap.backend import (
     SelectedFolder,
     StoreResult,
 )
-from mssante_operator.imap.commands import LiteralSink, SearchKey
+from mssante_operator.imap.commands import LiteralSink, SearchAnd, SearchKey
 from mssante_operator.imap.notify import FolderWatcher
 from mssante_operator.ops.logging import get_logger
 from mssante_operator.pki.identity import CertificateIdentity
@@ -410,7 +410,20 @@ class StoreBackend:
         needed = imap_search.content_needed(key)
         with _store_errors():
             rows = await self.store.list_messages(folder_id)
+        seqs = {m.uid: seq for seq, m in enumerate(rows, 1)}
         max_uid = rows[-1].uid if rows else 0
+        count = len(rows)
+        if needed != "none":
+            # Decrypt only the messages that pass the metadata criteria (flags, dates, sizes, UIDs).
+            prefilter = _metadata_part(key)
+            if prefilter is not None:
+                rows = [
+                    m
+                    for seq, m in enumerate(rows, 1)
+                    if imap_search.matches(
+                        prefilter, _search_message(m, b"", seq), max_uid=max_uid, count=count
+                    )
+                ]
         hits: list[MessageInfo] = []
         for start in range(0, len(rows), BATCH):
             batch = rows[start : start + BATCH]
@@ -419,17 +432,9 @@ class StoreBackend:
                 # Bodies are encrypted at rest: content keys are evaluated on the decrypted message.
                 with _store_errors():
                     bodies = await self.store.read_message_bodies([m.message_id for m in batch])
-            for offset, info in enumerate(batch):
-                msg = imap_search.SearchMessage(
-                    info.uid,
-                    frozenset(info.flags),
-                    info.modseq,
-                    info.size,
-                    info.internal_date,
-                    bodies.get(info.message_id, b""),
-                    seq=start + offset + 1,
-                )
-                if imap_search.matches(key, msg, max_uid=max_uid, count=len(rows)):
+            for info in batch:
+                msg = _search_message(info, bodies.get(info.message_id, b""), seqs[info.uid])
+                if imap_search.matches(key, msg, max_uid=max_uid, count=count):
                     hits.append(info)
         return SearchHits([m.uid for m in hits], max((m.modseq for m in hits), default=None))
 
@@ -495,6 +500,20 @@ class StoreBackend:
             )
         copy = next(iter(stored.message_ids.values()))
         return AppendResult(folder.uidvalidity, copy.uid)
+
+
+def _search_message(info: MessageInfo, raw: bytes, seq: int) -> imap_search.SearchMessage:
+    return imap_search.SearchMessage(
+        info.uid, frozenset(info.flags), info.modseq, info.size, info.internal_date, raw, seq=seq
+    )
+
+
+def _metadata_part(key: SearchKey) -> SearchKey | None:
+    """The conjuncts of `key` that need no message content (None if there are none)."""
+    if not isinstance(key, SearchAnd):
+        return None
+    meta = tuple(k for k in key.keys if imap_search.content_needed(k) == "none")
+    return SearchAnd(meta) if meta else None
 
 
 def _header_block(raw: bytes) -> bytes:

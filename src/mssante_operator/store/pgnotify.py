@@ -47,13 +47,36 @@ class PgChangeRelay:
         self._queue: asyncio.Queue[MailboxChange] = asyncio.Queue(maxsize=max_pending)
         self._conn: Any = None
         self._task: asyncio.Task[None] | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
         self.received = 0
         self.sent = 0
 
     async def _connect(self) -> None:
         conn = await asyncpg.connect(self._dsn)
         await conn.add_listener(self._channel, self._on_notify)
+        conn.add_termination_listener(self._on_terminated)
         self._conn = conn
+
+    def _on_terminated(self, _conn: object) -> None:
+        # The server or the network closed the LISTEN connection: get it back (the IMAP side's
+        # change-counter poll covers the gap).
+        self._conn = None
+        if self._task is not None and not self._task.done() and self._reconnecting is None:
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = 0.5
+        try:
+            while self._conn is None:
+                try:
+                    await self._connect()
+                    log.info("change relay reconnected")
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("change relay reconnection failed", error=f"{type(exc).__name__}: {exc}")
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+        finally:
+            self._reconnecting = None
 
     async def start(self) -> None:
         await self._connect()
@@ -65,11 +88,12 @@ class PgChangeRelay:
         self._hub.remove_observer(self._observe)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._queue.join(), grace)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._reconnecting):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._reconnecting = None
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.close()

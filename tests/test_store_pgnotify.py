@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 
 import asyncpg
 import pytest
 
-from conftest import PG_DSN
 from mssante_operator.store.notify import ChangeHub, ChangeKind, MailboxChange
 from mssante_operator.store.pgnotify import PgChangeRelay, asyncpg_dsn
 
 pytestmark = pytest.mark.postgres
+
+PG_DSN = os.environ.get("MSSANTE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 URL = PG_DSN.replace("postgresql://", "postgresql+asyncpg://")
 

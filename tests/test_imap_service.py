@@ -89,6 +89,7 @@ async def test_password_refusals(env: ImapEnv) -> None:
     assert "password" in reasons[1] and PER in reasons[1]
     assert "suspended" in reasons[2]
     assert all(r.remote_addr == "127.0.0.1" for r in failures)
+    assert [r.actor for r in failures] == [ORG, PER, SUSPENDED]
 
 
 async def test_external_with_a_person_certificate(env: ImapEnv) -> None:

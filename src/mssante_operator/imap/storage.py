@@ -193,11 +193,11 @@ class StoreBackend:
             remote_ip=conn.remote_addr, tls=conn.tls, tls_identity=self.tls_identity, listener="imap"
         )
         if converted is None:
-            self._audit_auth(False, credentials.mechanism, None, "undecodable credentials")
+            self._audit_auth(False, credentials.mechanism, _claimed(credentials), "undecodable credentials")
             return AuthResult(False, reason="Authentication credentials invalid", code="AUTHENTICATIONFAILED")
         verdict = await self.authenticator.authenticate(converted, client=client)
         if not verdict.ok or verdict.identity is None:
-            self._audit_auth(False, credentials.mechanism, None, verdict.reason)
+            self._audit_auth(False, credentials.mechanism, _claimed(credentials), verdict.reason)
             if verdict.retry_after > 0 and self.failure_delay > 0:
                 # Slow down guessing on this connection too, not only across connections.
                 await asyncio.sleep(min(verdict.retry_after, self.failure_delay))
@@ -500,6 +500,12 @@ class StoreBackend:
             )
         copy = next(iter(stored.message_ids.values()))
         return AppendResult(folder.uidvalidity, copy.uid)
+
+
+def _claimed(credentials: Credentials) -> str | None:
+    """Who a failed login claimed to be, for the audit trail (never the secret)."""
+    claimed = credentials.username or credentials.authzid
+    return claimed[:320] if claimed else None
 
 
 def _search_message(info: MessageInfo, raw: bytes, seq: int) -> imap_search.SearchMessage:

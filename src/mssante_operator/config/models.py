@@ -131,6 +131,17 @@ class ImapSettings(Section):
     host: str = "127.0.0.1"
     starttls_port: Port = 143
     implicit_tls_port: Port = 993
+    autologout_seconds: float = Field(default=1800.0, gt=0, description="idle connection closed after")
+    idle_timeout_seconds: float = Field(default=1800.0, gt=0, description="IDLE ended (BYE) after")
+    command_timeout_seconds: float = Field(default=120.0, gt=0, description="a started command must end")
+    max_bad_commands: int = Field(default=10, ge=1, le=1000)
+    max_auth_failures: int = Field(default=3, ge=1, le=100)
+    append_limit: int | None = Field(
+        default=None, ge=1024, description="APPENDLIMIT in bytes; default: smtp_inbound.max_message_size"
+    )
+    change_poll_seconds: float = Field(
+        default=0.5, ge=0, description="how often IDLE checks for other processes' changes (0: never)"
+    )
 
 
 def parse_duration(text: str) -> timedelta:

@@ -29,6 +29,7 @@ from mssante_operator.smtp.ports import (
     StoreReceipt,
     Verdict,
 )
+from mssante_operator.smtp.submission_ports import DirectoryListing
 from mssante_operator.store.mailstore import MailStore, OutboundDelivery
 from mssante_operator.store.models import RecipientStatus
 from mssante_operator.trust.store import TrustStore
@@ -313,3 +314,16 @@ class DirectoryService(ServiceBase):
 
     async def stop(self, grace: float) -> None:
         await self.mirror.close()
+
+
+class DirectoryListingAdapter:
+    """`smtp.submission_ports.DirectoryMirror`: is a recipient published in the national directory?"""
+
+    def __init__(self, mirror: DirectoryMirror) -> None:
+        self._mirror = mirror
+
+    async def listing(self, address: str) -> DirectoryListing:
+        if not await self._mirror.is_loaded():
+            return DirectoryListing.UNKNOWN
+        known = await self._mirror.is_known_mailbox(address)
+        return DirectoryListing.LISTED if known else DirectoryListing.NOT_LISTED

@@ -22,12 +22,15 @@ from prometheus_client import disable_created_metrics
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mssante_operator.audit import AuditLog
+from mssante_operator.auth import Authenticator
 from mssante_operator.config import Settings
 from mssante_operator.directory.decision import DirectoryPolicy
 from mssante_operator.directory.mirror import DirectoryMirror, mirror_health
+from mssante_operator.imap.service import ImapService
 from mssante_operator.ops.adapters import (
     AuditAdapter,
     AuditRelayObserver,
+    DirectoryListingAdapter,
     DirectoryService,
     DsnSender,
     InboundTrust,
@@ -59,6 +62,7 @@ from mssante_operator.smtp.service import InboundSmtpService
 from mssante_operator.store import create_engine, session_factory
 from mssante_operator.store.crypto import KeyFileError, MasterKey
 from mssante_operator.store.mailstore import MailStore
+from mssante_operator.store.pgnotify import PgChangeRelay
 from mssante_operator.trust.refresher import TrustRefresher
 from mssante_operator.trust.store import TrustStore, trust_health
 
@@ -142,6 +146,7 @@ def build_application(settings: Settings, config_path: Path | None = None) -> Ap
 
     # --- workers and listeners ------------------------------------------------------------------
     wired: set[str] = set()
+    authenticator: Authenticator | None = None
     mailstore = components.mailstore
     if mailstore is not None and holder is not None and components.audit is not None:
         audit = components.audit
@@ -162,6 +167,8 @@ def build_application(settings: Settings, config_path: Path | None = None) -> Ap
             )
             app.add_service(InboundSmtpService(settings, ports, _inbound_tls_context))
             wired.add("smtp_inbound")
+        # One authenticator, so submission and IMAP share its rate limits.
+        authenticator = Authenticator.from_settings(settings, directory=mailstore)
         # --- smtp_submission ---
         if settings.smtp_submission.enabled:
             app.add_service(
@@ -175,10 +182,23 @@ def build_application(settings: Settings, config_path: Path | None = None) -> Ap
                     dsn=dsn,
                     # The relay worker's wake-up (set just above when the relay is enabled).
                     wake_relay=dsn.on_queued,
+                    authenticator=authenticator,
+                    directory=DirectoryListingAdapter(directory),
                 )
             )
             wired.add("smtp_submission")
         # --- end smtp_submission ---
+    # --- imap ---
+    if mailstore is not None and holder is not None and components.audit is not None:
+        if engine.dialect.name == "postgresql":
+            # Deliveries made by this process wake IMAP sessions of other processes at once.
+            app.add_service(PgChangeRelay(settings.store.url.get_secret_value(), mailstore.changes))
+        if settings.imap.enabled:
+            if authenticator is None:
+                authenticator = Authenticator.from_settings(settings, directory=mailstore)
+            app.add_service(ImapService(settings, mailstore, authenticator, components.audit, holder))
+            wired.add("imap")
+    # --- end imap ---
     for section in ("smtp_inbound", "smtp_submission", "imap"):
         if getattr(settings, section).enabled and section not in wired:
             log.warning("listener enabled in the configuration but not in this version", section=section)

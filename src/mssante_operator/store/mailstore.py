@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import and_, case, delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -38,6 +38,7 @@ from mssante_operator.store.crypto import (
 )
 from mssante_operator.store.models import (
     Domain,
+    ExpungedMessage,
     Folder,
     Mailbox,
     MailboxStatus,
@@ -207,6 +208,15 @@ class MessageInfo:
     internal_date: datetime
     size: int
     modseq: int
+
+
+@dataclass(frozen=True)
+class FolderChanges:
+    """`MailStore.changes_since`: what a session that saw `modseq` has not seen yet."""
+
+    highestmodseq: int
+    expunged: list[int]  # UIDs, ascending
+    changed: list[MessageInfo]  # new or re-flagged messages, UID order
 
 
 @dataclass(frozen=True)
@@ -986,6 +996,8 @@ class MailStore:
                 )
                 # INBOX keeps its UIDVALIDITY and UIDNEXT: its old UIDs must never be reused.
                 source.highestmodseq += 1
+                moved = list(await session.scalars(select(Message.uid).where(Message.folder_id == target.id)))
+                await self._tombstones(session, source.id, [int(u) for u in moved], source.highestmodseq)
                 result = target
             else:
                 prefix = old_name + delimiter
@@ -1004,9 +1016,15 @@ class MailStore:
     # -- messages in a folder (IMAP) -------------------------------------------------------------
 
     async def list_messages(
-        self, folder_id: int, *, changed_since: int | None = None, uids: Sequence[int] | None = None
+        self,
+        folder_id: int,
+        *,
+        changed_since: int | None = None,
+        uids: Sequence[int] | None = None,
+        uid_range: tuple[int, int] | None = None,
     ) -> list[MessageInfo]:
-        """Messages of a folder in UID order (optionally only those with modseq > changed_since)."""
+        """Messages of a folder in UID order (optionally only those with modseq > changed_since,
+        among `uids`, or with `uid_range[0] <= uid <= uid_range[1]`)."""
         query = select(
             Message.id, Message.uid, Message.flags, Message.internal_date, Message.size, Message.modseq
         ).where(Message.folder_id == folder_id)
@@ -1014,6 +1032,8 @@ class MailStore:
             query = query.where(Message.modseq > changed_since)
         if uids is not None:
             query = query.where(Message.uid.in_(list(uids)))
+        if uid_range is not None:
+            query = query.where(Message.uid.between(uid_range[0], uid_range[1]))
         async with self._read() as session:
             rows = (await session.execute(query.order_by(Message.uid))).all()
         return [
@@ -1027,6 +1047,99 @@ class MailStore:
             )
             for mid, uid, flags, when, size, modseq in rows
         ]
+
+    @staticmethod
+    async def _tombstones(session: AsyncSession, folder_id: int, uids: Sequence[int], modseq: int) -> None:
+        # Remembered for QRESYNC: a client that saw these UIDs learns they are gone (VANISHED).
+        if uids:
+            session.add_all([ExpungedMessage(folder_id=folder_id, uid=uid, modseq=modseq) for uid in uids])
+
+    async def changes_since(self, folder_id: int, modseq: int) -> FolderChanges:
+        """What changed in a folder after `modseq`: messages added or re-flagged, UIDs expunged.
+
+        `highestmodseq` is read first, so a change committed meanwhile is reported again next time
+        rather than never."""
+        async with self._read() as session:
+            highest = await session.scalar(select(Folder.highestmodseq).where(Folder.id == folder_id))
+            if highest is None:
+                raise FolderNotFound(f"folder {folder_id} does not exist")
+            expunged = list(
+                await session.scalars(
+                    select(ExpungedMessage.uid)
+                    .where(ExpungedMessage.folder_id == folder_id, ExpungedMessage.modseq > modseq)
+                    .order_by(ExpungedMessage.uid)
+                )
+            )
+        changed = await self.list_messages(folder_id, changed_since=modseq)
+        return FolderChanges(int(highest), [int(u) for u in expunged], changed)
+
+    async def folder_modseqs(self, folder_ids: Sequence[int]) -> dict[int, int]:
+        """HIGHESTMODSEQ of each folder that still exists: the cheap change counter other
+        processes poll to notice deliveries they did not make."""
+        if not folder_ids:
+            return {}
+        async with self._read() as session:
+            rows = await session.execute(
+                select(Folder.id, Folder.highestmodseq).where(Folder.id.in_(list(folder_ids)))
+            )
+            return {int(i): int(m) for i, m in rows.all()}
+
+    async def read_message_bodies(self, message_ids: Sequence[int]) -> dict[int, bytes]:
+        """Plaintexts of several messages (one query for keys and, with database storage, the
+        ciphertexts). Missing messages are left out. The caller audits the reads."""
+        if not message_ids:
+            return {}
+        inline = isinstance(self._bodies, DatabaseBodyStorage)
+        columns = [
+            Message.id,
+            Message.body_id,
+            Message.wrapped_body_key,
+            Mailbox.id,
+            Mailbox.wrapped_data_key,
+        ]
+        query = select(*columns).join(Mailbox, Mailbox.id == Message.mailbox_id)
+        if inline:
+            query = query.add_columns(MessageBody.ciphertext).join(
+                MessageBody, MessageBody.id == Message.body_id
+            )
+        out: dict[int, bytes] = {}
+        data_keys: dict[int, bytes] = {}
+        async with self._read() as session:
+            rows = (await session.execute(query.where(Message.id.in_(list(message_ids))))).all()
+            for row in rows:
+                values: tuple[Any, ...] = tuple(row)
+                mid, body_id, wrapped_body, mailbox_id, wrapped_data = values[:5]
+                if mailbox_id not in data_keys:
+                    data_keys[mailbox_id] = self._master.unwrap(wrapped_data)
+                content_key = unwrap_key(
+                    data_keys[mailbox_id], wrapped_body, what=f"content key of message {mid}"
+                )
+                if inline:
+                    if values[5] is None:
+                        raise MessageNotFound(f"message body {body_id} has no stored ciphertext")
+                    ciphertext = bytes(values[5])
+                    aad = body_aad(body_id)
+                    if len(ciphertext) > _THREAD_THRESHOLD:
+                        out[int(mid)] = await asyncio.to_thread(decrypt_body, content_key, ciphertext, aad)
+                    else:
+                        out[int(mid)] = decrypt_body(content_key, ciphertext, aad)
+                else:
+                    out[int(mid)] = await self._decrypt(session, body_id, content_key)
+        return out
+
+    async def set_folder_subscribed(self, address: str, name: str, subscribed: bool) -> None:
+        """IMAP SUBSCRIBE / UNSUBSCRIBE."""
+        wanted = folder_name(name)
+        async with self._write() as session:
+            mailbox_id = await self._mailbox_id(session, address)
+            result = await session.execute(
+                update(Folder)
+                .where(Folder.mailbox_id == mailbox_id, Folder.name == wanted)
+                .values(subscribed=subscribed)
+                .execution_options(synchronize_session=False)
+            )
+            if getattr(result, "rowcount", 1) == 0:
+                raise FolderNotFound(f"folder {wanted!r} does not exist")
 
     async def _lock_folder(self, session: AsyncSession, folder_id: int) -> Folder:
         # FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers.
@@ -1118,6 +1231,7 @@ class MailStore:
                     .execution_options(synchronize_session=False)
                 )
                 folder.highestmodseq += 1
+                await self._tombstones(session, folder_id, [int(r[1]) for r in rows], folder.highestmodseq)
                 await session.flush()
                 await self._release_bodies(session, {int(r[2]) for r in rows})
             mailbox_id = folder.mailbox_id
@@ -1200,6 +1314,7 @@ class MailStore:
                     .execution_options(synchronize_session=False)
                 )
                 source.highestmodseq += 1
+                await self._tombstones(session, folder_id, [m.uid for m in rows], source.highestmodseq)
             await session.flush()
             source_mailbox, dest_mailbox = source.mailbox_id, dest.mailbox_id
         self.changes.publish(

@@ -169,6 +169,21 @@ class Message(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ExpungedMessage(Base):
+    """A tombstone: UID `uid` left folder `folder_id` at `modseq` (QRESYNC VANISHED, RFC 7162).
+
+    UIDs are never reused in a folder, so (folder_id, uid) is the key."""
+
+    __tablename__ = "expunged_messages"
+    __table_args__ = (Index("ix_expunged_messages_folder_modseq", "folder_id", "modseq"),)
+
+    folder_id: Mapped[int] = mapped_column(
+        ForeignKey("folders.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    uid: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    modseq: Mapped[int] = mapped_column(BigInteger)
+
+
 class QueueEntry(Base):
     """Outbound relay work: one entry per (message, recipient domain)."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -83,6 +83,15 @@ class ChangeHub:
     def __init__(self, maxsize: int = 1000) -> None:
         self._subs: dict[int, set[Subscription]] = {}
         self._maxsize = maxsize
+        self._observers: list[Callable[[MailboxChange], None]] = []
+
+    def add_observer(self, observer: Callable[[MailboxChange], None]) -> None:
+        """Called with every change published here (e.g. to relay it to other processes)."""
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: Callable[[MailboxChange], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._observers.remove(observer)
 
     def subscribe(self, mailbox_id: int) -> Subscription:
         sub = Subscription(self, mailbox_id, self._maxsize)
@@ -104,9 +113,14 @@ class ChangeHub:
             if not subs:
                 del self._subs[sub.mailbox_id]
 
-    def publish(self, change: MailboxChange) -> None:
+    def publish(self, change: MailboxChange, *, relay: bool = True) -> None:
+        """Tell this process's subscribers; `relay=False` for a change that came from elsewhere
+        (observers are not told, so that relayed changes do not bounce between processes)."""
         for sub in list(self._subs.get(change.mailbox_id, ())):
             sub._offer(change)
+        if relay:
+            for observer in list(self._observers):
+                observer(change)
 
     def subscribers(self, mailbox_id: int) -> int:
         return len(self._subs.get(mailbox_id, ()))

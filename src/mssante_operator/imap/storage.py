@@ -1,0 +1,530 @@
+"""The `MailboxBackend` of a real connection: the mail store, the authenticator and the audit log.
+
+One `StoreBackend` per connection. Store calls are batched (`FETCH 1:*` is one metadata query and
+one body query per `BATCH` messages); bodies are decrypted by `MailStore`; every read of message
+content (BODY[]/BODY[TEXT]/RFC822/BINARY, see `FetchAtt.reads_body`) writes a `message.read`
+audit record naming who read which message, from which address and certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from mssante_operator.audit import AuditEvent, AuditLog
+from mssante_operator.auth import (
+    Authenticator,
+    BearerCredentials,
+    ClientContext,
+    ExternalCredentials,
+    Mechanism,
+    PasswordCredentials,
+)
+from mssante_operator.auth import AuthResult as AuthVerdict
+from mssante_operator.auth import Credentials as AuthCredentials
+from mssante_operator.imap import search as imap_search
+from mssante_operator.imap.backend import (
+    AppendResult,
+    AuthResult,
+    Changes,
+    ConnectionInfo,
+    CopyResult,
+    Credentials,
+    FetchRequest,
+    FlagChange,
+    FolderInfo,
+    FolderStatus,
+    MailboxError,
+    MessageData,
+    Quota,
+    SearchHits,
+    SelectedFolder,
+    StoreResult,
+)
+from mssante_operator.imap.commands import LiteralSink, SearchAnd, SearchKey
+from mssante_operator.imap.notify import FolderWatcher
+from mssante_operator.ops.logging import get_logger
+from mssante_operator.pki.identity import CertificateIdentity
+from mssante_operator.store.mailstore import (
+    FlagMode,
+    FolderExists,
+    FolderNotAllowed,
+    FolderNotFound,
+    MailboxClosed,
+    MailboxNotFound,
+    MailStore,
+    MessageInfo,
+    StoreError,
+)
+from mssante_operator.store.models import MailboxStatus
+
+__all__ = ["BATCH", "StoreBackend"]
+
+log = get_logger(__name__)
+
+#: Messages per store round trip in FETCH and SEARCH (bounded memory for bodies).
+BATCH = 200
+#: Messages per round trip when only metadata (flags, sizes, dates) is fetched.
+META_BATCH = 5000
+
+_MODES: dict[str, FlagMode] = {"": FlagMode.SET, "+": FlagMode.ADD, "-": FlagMode.REMOVE}
+
+
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
+    """Store refusals as IMAP `NO [code]`."""
+    try:
+        yield
+    except FolderNotFound as exc:
+        raise MailboxError(str(exc), "NONEXISTENT") from None
+    except FolderExists as exc:
+        raise MailboxError(str(exc), "ALREADYEXISTS") from None
+    except FolderNotAllowed as exc:
+        raise MailboxError(str(exc), "CANNOT") from None
+    except (MailboxNotFound, MailboxClosed) as exc:
+        raise MailboxError(str(exc), "UNAVAILABLE") from None
+    except ValueError as exc:  # invalid flag or date from the store's checks
+        raise MailboxError(str(exc), "CANNOT") from None
+    except StoreError as exc:
+        raise MailboxError(str(exc)) from None
+
+
+def _mechanism(name: str) -> Mechanism | None:
+    try:
+        return Mechanism(name)
+    except ValueError:
+        return None
+
+
+def auth_credentials(credentials: Credentials) -> AuthCredentials | None:
+    """The auth package's credentials for what the IMAP session decoded (None if unusable)."""
+    mech = _mechanism(credentials.mechanism)
+    secret = credentials.secret or b""
+    try:
+        text = secret.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if mech is Mechanism.EXTERNAL:
+        return ExternalCredentials(authzid=credentials.authzid)
+    if mech in (Mechanism.PLAIN, Mechanism.LOGIN):
+        if not credentials.username:
+            return None
+        return PasswordCredentials(mech, credentials.username, text, credentials.authzid)
+    if mech in (Mechanism.OAUTHBEARER, Mechanism.XOAUTH2):
+        # XOAUTH2's user= and OAUTHBEARER's a= both name the mailbox wanted: the authzid.
+        return BearerCredentials(mech, text, credentials.authzid or credentials.username)
+    return None
+
+
+@dataclass
+class _Folder:
+    id: int
+    name: str
+    uidvalidity: int
+
+
+class StoreBackend:
+    """`imap.backend.MailboxBackend` for one connection."""
+
+    def __init__(
+        self,
+        store: MailStore,
+        authenticator: Authenticator,
+        audit: AuditLog | None,
+        watcher: FolderWatcher | None = None,
+        *,
+        append_limit: int | None = None,
+        failure_delay: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.authenticator = authenticator
+        self.audit = audit
+        self.watcher = watcher
+        self.append_limit = append_limit
+        self.failure_delay = failure_delay
+        #: Set by the listener once the TLS client certificate passed `CertificateValidator`.
+        self.tls_identity: CertificateIdentity | None = None
+        self.account: str | None = None
+        self.mailbox_id: int | None = None
+        self.principal: str | None = None
+        self.mailboxes: tuple[str, ...] = ()
+        self._conn = ConnectionInfo("unknown")
+        self._folders: dict[int, _Folder] = {}
+        self._watch: FolderWatcher.Watch | None = None
+        self._known: dict[int, int] = {}  # folder id -> highest modseq handed to the session
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _address(self) -> str:
+        if self.account is None:
+            raise MailboxError("not authenticated", "UNAVAILABLE")
+        return self.account
+
+    def _folder(self, folder_id: int) -> _Folder:
+        folder = self._folders.get(folder_id)
+        if folder is None:  # the session only uses ids that `select` returned to it
+            raise MailboxError("mailbox is not selected", "NONEXISTENT")
+        return folder
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+
+    async def wait_for_change(self, folder_id: int) -> None:
+        """Resolves when the folder may have changed (the driver's IDLE waiter)."""
+        if self.watcher is None or self.mailbox_id is None:
+            await asyncio.Event().wait()
+            return
+        if self._watch is None:
+            self._watch = self.watcher.watch(self.mailbox_id)
+        await self._watch.wait(folder_id, self._known.get(folder_id, 0))
+
+    # -- authentication --------------------------------------------------------------------------
+
+    async def authenticate(self, credentials: Credentials, conn: ConnectionInfo) -> AuthResult:
+        self._conn = conn
+        converted = auth_credentials(credentials)
+        client = ClientContext(
+            remote_ip=conn.remote_addr, tls=conn.tls, tls_identity=self.tls_identity, listener="imap"
+        )
+        if converted is None:
+            self._audit_auth(False, credentials.mechanism, _claimed(credentials), "undecodable credentials")
+            return AuthResult(False, reason="Authentication credentials invalid", code="AUTHENTICATIONFAILED")
+        verdict = await self.authenticator.authenticate(converted, client=client)
+        if not verdict.ok or verdict.identity is None:
+            self._audit_auth(False, credentials.mechanism, _claimed(credentials), verdict.reason)
+            if verdict.retry_after > 0 and self.failure_delay > 0:
+                # Slow down guessing on this connection too, not only across connections.
+                await asyncio.sleep(min(verdict.retry_after, self.failure_delay))
+            code = "UNAVAILABLE" if verdict.temporary else "AUTHENTICATIONFAILED"
+            return AuthResult(False, reason=verdict.public_message, code=code)
+        account = await self._choose_mailbox(verdict)
+        if account is None:
+            reason = f"{verdict.identity.describe()}: no active mailbox to open"
+            self._audit_auth(False, credentials.mechanism, verdict.identity.principal, reason)
+            return AuthResult(False, reason="Authentication credentials invalid", code="AUTHENTICATIONFAILED")
+        mailbox = await self.store.get_mailbox(account)
+        if mailbox is None or mailbox.status is not MailboxStatus.ACTIVE:
+            self._audit_auth(
+                False, credentials.mechanism, verdict.identity.principal, f"{account} not active"
+            )
+            return AuthResult(False, reason="Authentication credentials invalid", code="AUTHENTICATIONFAILED")
+        self.account = account
+        self.mailbox_id = mailbox.id
+        self.principal = verdict.identity.principal
+        self.mailboxes = verdict.mailboxes
+        self._audit_auth(True, credentials.mechanism, self.principal, verdict.reason)
+        return AuthResult(True, account)
+
+    async def _choose_mailbox(self, verdict: AuthVerdict) -> str | None:
+        """The mailbox this IMAP session opens: the one the authorization identity named, else the
+        only one granted, else the person's own (PER) mailbox before delegated ones."""
+        identity = verdict.identity
+        assert identity is not None
+        if identity.selected_mailbox:
+            return identity.selected_mailbox
+        if not verdict.mailboxes:
+            return None
+        if len(verdict.mailboxes) > 1:
+            log.info(
+                "several mailboxes granted; opening the first (name another with the SASL authzid)",
+                principal=identity.principal,
+                mailboxes=len(verdict.mailboxes),
+            )
+        return verdict.mailboxes[0]
+
+    def _audit_auth(self, ok: bool, mechanism: str, principal: str | None, reason: str) -> None:
+        if self.audit is None:
+            return
+        self.audit.record(
+            AuditEvent(
+                event="auth.success" if ok else "auth.failure",
+                outcome="success" if ok else "failure",
+                actor=principal,
+                mailbox=self.account if ok else None,
+                remote_addr=self._conn.remote_addr,
+                cert_subject=self._conn.client_cert_subject,
+                reason=reason,
+                details={"listener": "imap", "mechanism": mechanism},
+            )
+        )
+
+    # -- folders -----------------------------------------------------------------------------------
+
+    async def list_folders(self) -> Sequence[FolderInfo]:
+        with _store_errors():
+            folders = await self.store.list_folders(self._address())
+        return [FolderInfo(f.name, f.special_use, f.subscribed) for f in folders]
+
+    async def folder_status(self, name: str, items: Sequence[str]) -> FolderStatus:
+        with _store_errors():
+            folder = await self.store.get_folder(self._address(), name)
+            stats = await self.store.folder_stats(folder.id)
+            deleted: int | None = None
+            if any(i.upper() == "DELETED" for i in items):
+                rows = await self.store.list_messages(folder.id)
+                deleted = sum(1 for m in rows if "\\Deleted" in m.flags)
+        return FolderStatus(
+            messages=stats.messages,
+            recent=0,
+            uidnext=stats.uidnext,
+            uidvalidity=stats.uidvalidity,
+            unseen=stats.unseen,
+            size=stats.bytes,
+            highestmodseq=stats.highestmodseq,
+            deleted=deleted,
+            appendlimit=self.append_limit,
+        )
+
+    async def select(self, name: str, *, readonly: bool) -> SelectedFolder:
+        with _store_errors():
+            folder = await self.store.get_folder(self._address(), name)
+            rows = await self.store.list_messages(folder.id)
+        self._folders = {folder.id: _Folder(folder.id, folder.name, folder.uidvalidity)}
+        highest = max(folder.highestmodseq, max((m.modseq for m in rows), default=0))
+        self._known = {folder.id: highest}
+        first_unseen = next((m.uid for m in rows if "\\Seen" not in m.flags), None)
+        keywords = sorted({f for m in rows for f in m.flags if not f.startswith("\\")})
+        return SelectedFolder(
+            folder_id=folder.id,
+            uidvalidity=folder.uidvalidity,
+            uidnext=folder.uidnext,
+            highestmodseq=highest,
+            uids=[m.uid for m in rows],
+            keywords=keywords,
+            first_unseen_uid=first_unseen,
+            readonly=readonly,
+        )
+
+    async def changes_since(self, folder_id: int, modseq: int) -> Changes:
+        with _store_errors():
+            changes = await self.store.changes_since(folder_id, modseq)
+        self._known[folder_id] = max(self._known.get(folder_id, 0), changes.highestmodseq)
+        return Changes(
+            highestmodseq=changes.highestmodseq,
+            expunged=changes.expunged,
+            changed=[FlagChange(m.uid, m.flags, m.modseq) for m in changes.changed],
+        )
+
+    async def create(self, name: str, special_use: Sequence[str]) -> None:
+        with _store_errors():
+            await self.store.create_folder(self._address(), name, special_use[0] if special_use else None)
+
+    async def delete(self, name: str) -> None:
+        with _store_errors():
+            await self.store.delete_folder(self._address(), name)
+
+    async def rename(self, old: str, new: str) -> None:
+        with _store_errors():
+            await self.store.rename_folder(self._address(), old, new)
+
+    async def subscribe(self, name: str, subscribed: bool) -> None:
+        with _store_errors():
+            await self.store.set_folder_subscribed(self._address(), name, subscribed)
+
+    async def quota(self) -> Quota:
+        with _store_errors():
+            address = self._address()
+            mailbox = await self.store.get_mailbox(address)
+            if mailbox is None:
+                raise MailboxError("mailbox no longer exists", "UNAVAILABLE")
+            used = await self.store.mailbox_usage(address)
+        return Quota(used, int(mailbox.quota_bytes))
+
+    async def _check_quota(self, extra: int) -> None:
+        quota = await self.quota()
+        if quota.used_bytes + extra > quota.limit_bytes:
+            raise MailboxError(
+                f"mailbox quota exceeded ({quota.used_bytes + extra} of {quota.limit_bytes} bytes)",
+                "OVERQUOTA",
+            )
+
+    # -- messages ----------------------------------------------------------------------------------
+
+    async def fetch(
+        self, folder_id: int, uids: Sequence[int], request: FetchRequest
+    ) -> AsyncIterator[MessageData]:
+        folder = self._folder(folder_id)
+        # Without content, rows are small: bigger batches, each one range query on (folder, uid).
+        size = BATCH if request.content != "none" else META_BATCH
+        for start in range(0, len(uids), size):
+            batch = uids[start : start + size]
+            wanted = set(batch)
+            with _store_errors():
+                rows = await self.store.list_messages(
+                    folder_id, changed_since=request.changedsince, uid_range=(min(batch), max(batch))
+                )
+                rows = [m for m in rows if m.uid in wanted]
+                changed: dict[int, MessageInfo] = {}
+                if request.mark_seen:
+                    unseen = [m.uid for m in rows if "\\Seen" not in m.flags]
+                    if unseen:
+                        update = await self.store.update_flags(folder_id, unseen, ["\\Seen"], FlagMode.ADD)
+                        changed = {m.uid: m for m in update.changed}
+                bodies: dict[int, bytes] = {}
+                if request.content != "none" and rows:
+                    bodies = await self.store.read_message_bodies([m.message_id for m in rows])
+            for info in rows:
+                content: bytes | None = None
+                raw = bodies.get(info.message_id)
+                if request.content != "none":
+                    if raw is None:
+                        continue  # expunged between the two queries
+                    content = raw if request.content == "full" else _header_block(raw)
+                if request.body_read:
+                    self._audit_read(folder, info.uid)
+                now = changed.get(info.uid)
+                yield MessageData(
+                    uid=info.uid,
+                    flags=now.flags if now else info.flags,
+                    modseq=now.modseq if now else info.modseq,
+                    internal_date=info.internal_date,
+                    size=info.size,
+                    content=content,
+                    flags_changed=now is not None,
+                )
+
+    def _audit_read(self, folder: _Folder, uid: int) -> None:
+        if self.audit is None:
+            return
+        self.audit.record(
+            AuditEvent(
+                event="message.read",
+                outcome="success",
+                actor=self.principal,
+                mailbox=self.account,
+                message_ref=f"{folder.name}/{uid}",
+                remote_addr=self._conn.remote_addr,
+                cert_subject=self._conn.client_cert_subject,
+                details={"listener": "imap", "uidvalidity": folder.uidvalidity},
+            )
+        )
+
+    async def search(self, folder_id: int, key: SearchKey) -> SearchHits:
+        self._folder(folder_id)
+        needed = imap_search.content_needed(key)
+        with _store_errors():
+            rows = await self.store.list_messages(folder_id)
+        seqs = {m.uid: seq for seq, m in enumerate(rows, 1)}
+        max_uid = rows[-1].uid if rows else 0
+        count = len(rows)
+        if needed != "none":
+            # Decrypt only the messages that pass the metadata criteria (flags, dates, sizes, UIDs).
+            prefilter = _metadata_part(key)
+            if prefilter is not None:
+                rows = [
+                    m
+                    for seq, m in enumerate(rows, 1)
+                    if imap_search.matches(
+                        prefilter, _search_message(m, b"", seq), max_uid=max_uid, count=count
+                    )
+                ]
+        hits: list[MessageInfo] = []
+        for start in range(0, len(rows), BATCH):
+            batch = rows[start : start + BATCH]
+            bodies: dict[int, bytes] = {}
+            if needed != "none":
+                # Bodies are encrypted at rest: content keys are evaluated on the decrypted message.
+                with _store_errors():
+                    bodies = await self.store.read_message_bodies([m.message_id for m in batch])
+            for info in batch:
+                msg = _search_message(info, bodies.get(info.message_id, b""), seqs[info.uid])
+                if imap_search.matches(key, msg, max_uid=max_uid, count=count):
+                    hits.append(info)
+        return SearchHits([m.uid for m in hits], max((m.modseq for m in hits), default=None))
+
+    async def store_flags(
+        self,
+        folder_id: int,
+        uids: Sequence[int],
+        mode: Literal["", "+", "-"],
+        flags: Sequence[str],
+        unchangedsince: int | None,
+    ) -> StoreResult:
+        self._folder(folder_id)
+        with _store_errors():
+            update = await self.store.update_flags(
+                folder_id, uids, flags, _MODES[mode], unchanged_since=unchangedsince
+            )
+        rows = sorted(update.changed + update.unchanged, key=lambda m: m.uid)
+        return StoreResult([FlagChange(m.uid, m.flags, m.modseq) for m in rows], update.modified)
+
+    async def expunge(self, folder_id: int, uids: Sequence[int] | None) -> Sequence[int]:
+        self._folder(folder_id)
+        with _store_errors():
+            return await self.store.expunge(folder_id, uids)
+
+    async def copy(self, folder_id: int, uids: Sequence[int], destination: str, *, move: bool) -> CopyResult:
+        self._folder(folder_id)
+        try:
+            dest = await self.store.get_folder(self._address(), destination)
+        except FolderNotFound:
+            raise MailboxError(f"no mailbox {destination!r}", "TRYCREATE") from None
+        with _store_errors():
+            if not move:
+                rows = await self.store.list_messages(folder_id, uids=uids)
+                await self._check_quota(sum(m.size for m in rows))
+            mapping = await self.store.copy_messages(folder_id, uids, dest.id, move=move)
+        return CopyResult(dest.uidvalidity, [a for a, _ in mapping], [b for _, b in mapping])
+
+    async def append(
+        self,
+        name: str,
+        flags: Sequence[str],
+        date: dt.datetime | None,
+        message: bytes | LiteralSink,
+        size: int,
+    ) -> AppendResult:
+        if not isinstance(message, bytes):  # the session hands literals over whole unless told
+            raise MailboxError("streamed APPEND is not supported by this store", "CANNOT")
+        address = self._address()
+        try:
+            folder = await self.store.get_folder(address, name)
+        except FolderNotFound:
+            raise MailboxError(f"no mailbox {name!r}", "TRYCREATE") from None
+        if self.append_limit is not None and len(message) > self.append_limit:
+            raise MailboxError(f"message larger than APPENDLIMIT {self.append_limit}", "TOOBIG")
+        await self._check_quota(len(message))
+        with _store_errors():
+            stored = await self.store.store_message(
+                message,
+                local_recipients=[address],
+                folder=folder.name,
+                flags=[f for f in flags if f != "\\Recent"],
+                internal_date=date,
+            )
+        copy = next(iter(stored.message_ids.values()))
+        return AppendResult(folder.uidvalidity, copy.uid)
+
+
+def _claimed(credentials: Credentials) -> str | None:
+    """Who a failed login claimed to be, for the audit trail (never the secret)."""
+    claimed = credentials.username or credentials.authzid
+    return claimed[:320] if claimed else None
+
+
+def _search_message(info: MessageInfo, raw: bytes, seq: int) -> imap_search.SearchMessage:
+    return imap_search.SearchMessage(
+        info.uid, frozenset(info.flags), info.modseq, info.size, info.internal_date, raw, seq=seq
+    )
+
+
+def _metadata_part(key: SearchKey) -> SearchKey | None:
+    """The conjuncts of `key` that need no message content (None if there are none)."""
+    if not isinstance(key, SearchAnd):
+        return None
+    meta = tuple(k for k in key.keys if imap_search.content_needed(k) == "none")
+    return SearchAnd(meta) if meta else None
+
+
+def _header_block(raw: bytes) -> bytes:
+    end = raw.find(b"\r\n\r\n")
+    if end >= 0:
+        return raw[: end + 4]
+    end = raw.find(b"\n\n")
+    return raw if end < 0 else raw[: end + 2]

@@ -511,14 +511,15 @@ class DirectoryMirror:
             return []
         limit = max(1, min(limit, 200))
 
-        async def run(conn: AsyncConnection, active: Active) -> tuple[dict[str, list[Any]], list[Any]]:
-            acts = await self._select(
-                conn,
-                self._ptables(active),
-                lambda t: self._prefix(t.c.search_key, key),
-                lambda t: (t.c.search_key, t.c.national_id),
-                limit * 5,
-            )
+        async def run(active: Active) -> tuple[dict[str, list[Any]], list[Any]]:
+            acts: list[Any] = []
+            for table in self._ptables(active):
+                rows = await self._hot.fetch(
+                    f"SELECT {_PRACTITIONER_SELECT} FROM {table.name} "
+                    "WHERE search_key >= ? AND search_key < ? ORDER BY search_key, national_id LIMIT ?",
+                    (key, key + "\x7f", limit * 5),
+                )
+                acts.extend(PractitionerRow(*row) for row in rows)
             acts.sort(key=lambda r: (r.search_key, r.national_id))
             grouped: dict[str, list[Any]] = {}
             for row in acts:
@@ -527,11 +528,16 @@ class DirectoryMirror:
             boxes: list[Any] = []
             if grouped:
                 ids = list(grouped)
-                boxes = await self._select(conn, self._mtables(active), lambda t: t.c.national_id.in_(ids))
+                marks = ", ".join("?" * len(ids))
+                for table in self._mtables(active):
+                    rows = await self._hot.fetch(
+                        f"SELECT {_MAILBOX_SELECT} FROM {table.name} WHERE national_id IN ({marks})", ids
+                    )
+                    boxes.extend(MailboxRow(*row) for row in rows)
             return grouped, boxes
 
         nothing: tuple[dict[str, list[Any]], list[Any]] = ({}, [])
-        grouped, boxes = await self._run(run, nothing)
+        grouped, boxes = await self._hot_run(run, nothing)
         by_owner: dict[str, list[Any]] = {}
         for row in boxes:
             by_owner.setdefault(row.national_id, []).append(row)

@@ -517,7 +517,7 @@ class DirectoryMirror:
                 rows = await self._hot.fetch(
                     f"SELECT {_PRACTITIONER_SELECT} FROM {table.name} "
                     "WHERE search_key >= ? AND search_key < ? ORDER BY search_key, national_id LIMIT ?",
-                    (key, key + "\x7f", limit * 5),
+                    (key, key + "\x7f", limit * 3),
                 )
                 acts.extend(PractitionerRow(*row) for row in rows)
             acts.sort(key=lambda r: (r.search_key, r.national_id))

@@ -208,6 +208,11 @@ class _HotReader:
             if self._driver is None:
                 self._conn = await self._engine.connect()
                 self._driver = (await self._conn.get_raw_connection()).driver_connection
+                if self._pg:
+                    # Short name prefixes are badly estimated (a handful of last names cover
+                    # thousands of rows) and the planner then bitmap-scans and sorts them all;
+                    # every hot query is an ordered or near-unique index scan, so forbid that.
+                    await self._driver.execute("SET enable_bitmapscan = off")
             try:
                 if self._pg:
                     return list(await self._driver.fetch(self._sql(sql), *params))
@@ -218,9 +223,11 @@ class _HotReader:
                 raise
 
     async def _release(self, invalidate: bool = False) -> None:
-        conn, self._conn, self._driver = self._conn, None, None
+        conn, driver, self._conn, self._driver = self._conn, self._driver, None, None
         if conn is not None:
             with contextlib.suppress(Exception):
+                if self._pg and driver is not None and not invalidate:
+                    await driver.execute("RESET enable_bitmapscan")
                 if invalidate:
                     await conn.invalidate()
                 await conn.close()

@@ -208,6 +208,11 @@ class _HotReader:
             if self._driver is None:
                 self._conn = await self._engine.connect()
                 self._driver = (await self._conn.get_raw_connection()).driver_connection
+                if self._pg:
+                    # Short name prefixes are badly estimated (a handful of last names cover
+                    # thousands of rows) and the planner then bitmap-scans and sorts them all;
+                    # every hot query is an ordered or near-unique index scan, so forbid that.
+                    await self._driver.execute("SET enable_bitmapscan = off")
             try:
                 if self._pg:
                     return list(await self._driver.fetch(self._sql(sql), *params))
@@ -218,9 +223,11 @@ class _HotReader:
                 raise
 
     async def _release(self, invalidate: bool = False) -> None:
-        conn, self._conn, self._driver = self._conn, None, None
+        conn, driver, self._conn, self._driver = self._conn, self._driver, None, None
         if conn is not None:
             with contextlib.suppress(Exception):
+                if self._pg and driver is not None and not invalidate:
+                    await driver.execute("RESET enable_bitmapscan")
                 if invalidate:
                     await conn.invalidate()
                 await conn.close()
@@ -511,14 +518,15 @@ class DirectoryMirror:
             return []
         limit = max(1, min(limit, 200))
 
-        async def run(conn: AsyncConnection, active: Active) -> tuple[dict[str, list[Any]], list[Any]]:
-            acts = await self._select(
-                conn,
-                self._ptables(active),
-                lambda t: self._prefix(t.c.search_key, key),
-                lambda t: (t.c.search_key, t.c.national_id),
-                limit * 5,
-            )
+        async def run(active: Active) -> tuple[dict[str, list[Any]], list[Any]]:
+            acts: list[Any] = []
+            for table in self._ptables(active):
+                rows = await self._hot.fetch(
+                    f"SELECT {_PRACTITIONER_SELECT} FROM {table.name} "
+                    "WHERE search_key >= ? AND search_key < ? ORDER BY search_key, national_id LIMIT ?",
+                    (key, key + "\x7f", limit * 3),
+                )
+                acts.extend(PractitionerRow(*row) for row in rows)
             acts.sort(key=lambda r: (r.search_key, r.national_id))
             grouped: dict[str, list[Any]] = {}
             for row in acts:
@@ -527,11 +535,16 @@ class DirectoryMirror:
             boxes: list[Any] = []
             if grouped:
                 ids = list(grouped)
-                boxes = await self._select(conn, self._mtables(active), lambda t: t.c.national_id.in_(ids))
+                marks = ", ".join("?" * len(ids))
+                for table in self._mtables(active):
+                    rows = await self._hot.fetch(
+                        f"SELECT {_MAILBOX_SELECT} FROM {table.name} WHERE national_id IN ({marks})", ids
+                    )
+                    boxes.extend(MailboxRow(*row) for row in rows)
             return grouped, boxes
 
         nothing: tuple[dict[str, list[Any]], list[Any]] = ({}, [])
-        grouped, boxes = await self._run(run, nothing)
+        grouped, boxes = await self._hot_run(run, nothing)
         by_owner: dict[str, list[Any]] = {}
         for row in boxes:
             by_owner.setdefault(row.national_id, []).append(row)

@@ -138,7 +138,13 @@ def lookup_indexes(snapshot_id: int, practitioners: bool, with_source_ref: bool)
     indexes = [
         Index(f"ix_{short}_national_id", table.c.national_id),
         Index(f"ix_{short}_structure_id", table.c.structure_id),
-        Index(f"ix_{short}_search_key", table.c.search_key),
+        # With the tie-breaker the name search's ORDER BY ... LIMIT is a plain index scan; without
+        # it PostgreSQL sorted every match of a short prefix.
+        Index(
+            f"ix_{short}_search_key",
+            table.c.search_key,
+            table.c.national_id if practitioners else table.c.address,
+        ),
     ]
     if not practitioners:
         indexes.append(Index(f"ux_{short}_address", table.c.address, unique=True))

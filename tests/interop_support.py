@@ -9,11 +9,14 @@ to the other operators' inbound ports. The test reads its store directly (MailSt
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import io
 import json
 import os
 import ssl
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -25,7 +28,12 @@ from typing import Any
 
 import aiosmtplib
 import asyncpg
+from typer.testing import CliRunner
 
+from mssante_operator.audit.export import export_records
+from mssante_operator.audit.verify import verify_chain
+from mssante_operator.cli import app as cli_app
+from mssante_operator.ops.logging import configure_logging
 from mssante_operator.pki.devpki import DevPki
 from mssante_operator.relay import queue as q
 from mssante_operator.store import create_engine, session_factory, upgrade
@@ -33,6 +41,26 @@ from mssante_operator.store.crypto import MasterKey
 from mssante_operator.store.mailstore import MailStore, OutboundDelivery, StoredMessage
 from mssante_operator.trust.sample import certificate_subject, install_sample_list
 from ops_support import EXE, ServeProcess, free_port
+
+_RUNNER = CliRunner()
+_CLI_LOCK = threading.Lock()
+
+
+def _invoke(config: Path, args: Sequence[str]) -> Any:
+    with _CLI_LOCK:
+        try:
+            return _RUNNER.invoke(cli_app, ["--config", str(config), *args], env={"COLUMNS": "250"})
+        finally:
+            # The command pointed logging at the runner's captured stderr, closed by now.
+            configure_logging("console", "warning")
+
+
+@dataclass(frozen=True)
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
 
 PG_DSN = os.environ.get("MSSANTE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 PERSON_IDS = ["810000000009", "810000000017", "810000000025", "810000000033"]
@@ -171,23 +199,38 @@ level = "info"
 """
         )
 
-    def cli(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MSSANTE_")}
-        result = subprocess.run(
-            [str(EXE), "--config", str(self.config), *args],
-            cwd=self.root,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            input=input,
-        )
+    def cli(self, *args: str, check: bool = True, subprocess_: bool = False) -> CliResult:
+        """`mssante-operator --config CONFIG ARGS...`: in this process (the same code, without
+        seconds of interpreter start-up per command on a loaded CI machine), or as a real process."""
+        if subprocess_:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("MSSANTE_")}
+            env["COLUMNS"] = "250"  # no wrapped lines in rich's output
+            done = subprocess.run(
+                [str(EXE), "--config", str(self.config), *args],
+                cwd=self.root,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            result = CliResult(done.returncode, done.stdout, done.stderr)
+        else:
+            # In a thread of its own: the command runs its own event loop (asyncio.run).
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                invoked = pool.submit(_invoke, self.config, args).result()
+            if invoked.exception is not None and not isinstance(invoked.exception, SystemExit):
+                raise invoked.exception
+            result = CliResult(invoked.exit_code, invoked.stdout, invoked.stderr)
         if check:
             assert result.returncode == 0, f"{args}: {result.stdout}\n{result.stderr}"
         return result
 
     async def prepare(self, trust_entries: Sequence[tuple[str, str]]) -> None:
-        """Migrated store, trust list, domain and mailboxes (with the CLI)."""
+        """Migrated store and trust list (in this process), then domain and mailboxes (CLI)."""
+        await self.prepare_store(trust_entries)
+        await self.prepare_accounts()
+
+    async def prepare_store(self, trust_entries: Sequence[tuple[str, str]]) -> None:
         self.trust_entries = list(trust_entries)
         self.write_config()
         engine = create_engine(self.store_url)
@@ -196,17 +239,13 @@ level = "info"
             await install_sample_list(session_factory(engine), self.trust_entries)
         finally:
             await engine.dispose()
+
+    async def prepare_accounts(self) -> None:
         await asyncio.to_thread(self.cli, "domain", "add", self.domain)
         for index, local in enumerate(self.mailboxes):
+            owner = PERSON_IDS[index % len(PERSON_IDS)]
             await asyncio.to_thread(
-                self.cli,
-                "mailbox",
-                "add",
-                self.address(local),
-                "--type",
-                "PER",
-                "--owner",
-                PERSON_IDS[index % len(PERSON_IDS)],
+                self.cli, "mailbox", "add", self.address(local), "--type", "PER", "--owner", owner
             )
 
     # -- the serve process -----------------------------------------------------------------------
@@ -284,12 +323,30 @@ level = "info"
                 raise AssertionError(f"queue {queue_id} at {self.name}: {items}")
             await asyncio.sleep(0.1)
 
-    def audit_records(self) -> list[dict[str, Any]]:
-        out = self.cli("audit", "export").stdout
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
+    async def audit_records(self) -> list[dict[str, Any]]:
+        """The whole audit trail, as `audit export` writes it."""
+        engine = create_engine(self.store_url, pool_size=2)
+        out = io.StringIO()
+        try:
+            await export_records(session_factory(engine), out)
+        finally:
+            await engine.dispose()
+        return [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
 
-    def audit_verify(self) -> None:
-        self.cli("audit", "verify")
+    async def records(self, event: str) -> list[dict[str, Any]]:
+        return [r for r in await self.audit_records() if r.get("event") == event]
+
+    async def audit_verify(self) -> None:
+        engine = create_engine(self.store_url, pool_size=2)
+        try:
+            result = await verify_chain(session_factory(engine))
+        finally:
+            await engine.dispose()
+        assert result.ok and result.records > 0, result
+
+    def audit_verify_cli(self) -> None:
+        result = self.cli("audit", "verify", subprocess_=True)
+        assert "audit chain intact" in result.stdout, result
 
     # -- talking to this operator's inbound listener as a peer ------------------------------------------
 
@@ -325,7 +382,12 @@ def now() -> datetime:
 
 
 async def pair(
-    tmp_path: Path, pki: DevPki, *, b_url: str, a_kwargs: dict[str, Any] | None = None, b_kwargs: dict[str, Any] | None = None
+    tmp_path: Path,
+    pki: DevPki,
+    *,
+    b_url: str,
+    a_kwargs: dict[str, Any] | None = None,
+    b_kwargs: dict[str, Any] | None = None,
 ) -> tuple[Operator, Operator]:
     """Operators A (SQLite) and B (`b_url`) that trust and route to each other, prepared, not started."""
     a = Operator(
@@ -351,7 +413,9 @@ async def pair(
     a.routes[b.domain] = f"127.0.0.1:{b.smtp_port}"
     b.routes[a.domain] = f"127.0.0.1:{a.smtp_port}"
     entries = [(a.domain, a.subject), (b.domain, b.subject)]
-    # One after the other: alembic's environment is process-global.
-    await a.prepare(entries)
-    await b.prepare(entries)
+    # Stores one after the other (alembic's environment is process-global), CLI steps at once.
+    await a.prepare_store(entries)
+    await b.prepare_store(entries)
+    await a.prepare_accounts()
+    await b.prepare_accounts()
     return a, b

@@ -34,10 +34,6 @@ async def operators(tmp_path: Path, dev_pki: DevPki) -> AsyncIterator[tuple[Oper
         await drop_pg_database(b_url)
 
 
-def records(op: Operator, event: str) -> list[dict[str, object]]:
-    return [r for r in op.audit_records() if r.get("event") == event]
-
-
 def peer_queue_id(reply: str | None) -> str:
     assert reply is not None
     match = QUEUE_ID.search(reply)
@@ -77,14 +73,14 @@ async def test_mail_goes_both_ways_byte_exact_and_audited(operators: tuple[Opera
 
     # Audit trails: relayed at the sender's side, accepted at the receiver's, chains intact.
     for sender, receiver, sent, item in ((a, b, sent_a, item_a), (b, a, sent_b, item_b)):
-        relayed = records(sender, "message.relayed")
+        relayed = await sender.records("message.relayed")
         assert [r["message_ref"] for r in relayed] == [sent.queue_id]
         assert relayed[0]["outcome"] == "success"
         assert relayed[0]["cert_subject"] == receiver.subject
-        accepted = [r for r in records(receiver, "message.accepted") if r.get("actor") == sender.subject]
+        accepted = [r for r in await receiver.records("message.accepted") if r.get("actor") == sender.subject]
         assert [r["message_ref"] for r in accepted] == [peer_queue_id(item.recipients[0].last_reply)]
-        sender.audit_verify()
-        receiver.audit_verify()
+        await sender.audit_verify()
+        await receiver.audit_verify()
 
 
 async def test_success_dsn_returns_through_both_relays(operators: tuple[Operator, Operator]) -> None:
@@ -113,13 +109,14 @@ async def test_success_dsn_returns_through_both_relays(operators: tuple[Operator
     assert carol not in text.split("message/delivery-status", 1)[1].split("--", 1)[0]
     assert "ENV-42" in text
     # The DSN itself travelled with the null sender and was accepted at A from B's certificate.
-    accepted = [r for r in records(a, "message.accepted") if r.get("actor") == b.subject]
+    accepted = [r for r in await a.records("message.accepted") if r.get("actor") == b.subject]
     assert len(accepted) == 1
     details = accepted[0]["details"]
     assert isinstance(details, dict) and details.get("mail_from") in (None, "", "<>")
     await a.wait_queue(sent.queue_id, lambda i: all(x.status is QueueStatus.DONE for x in i))
-    a.audit_verify()
-    b.audit_verify()
+    await a.audit_verify()
+    await b.audit_verify()
+    a.audit_verify_cli()
 
 
 async def test_unknown_recipient_bounces_to_the_sender(operators: tuple[Operator, Operator]) -> None:
@@ -130,7 +127,10 @@ async def test_unknown_recipient_bounces_to_the_sender(operators: tuple[Operator
     raw = message(alice, nobody, "perdu")
     sent = await a.queue_outbound(
         raw,
-        [OutboundDelivery(mail_from=alice, recipient=nobody), OutboundDelivery(mail_from=alice, recipient=bob)],
+        [
+            OutboundDelivery(mail_from=alice, recipient=nobody),
+            OutboundDelivery(mail_from=alice, recipient=bob),
+        ],
     )
     [item] = await a.wait_queue(sent.queue_id, lambda i: i[0].status is not QueueStatus.PENDING)
     by_address = {r.address: r for r in item.recipients}
@@ -144,11 +144,11 @@ async def test_unknown_recipient_bounces_to_the_sender(operators: tuple[Operator
     assert nobody in text
     assert "Subject: perdu" in text  # the original headers come back
     await b.wait_inbox(bob)
-    assert [r["mailbox"] for r in records(a, "message.bounced")] == [nobody]
-    refused = [r for r in records(b, "message.refused") if r.get("mailbox") == nobody]
+    assert [r["mailbox"] for r in await a.records("message.bounced")] == [nobody]
+    refused = [r for r in await b.records("message.refused") if r.get("mailbox") == nobody]
     assert refused and refused[0]["reason"]
-    a.audit_verify()
-    b.audit_verify()
+    await a.audit_verify()
+    await b.audit_verify()
 
 
 async def test_peer_down_defers_then_delivers_after_queue_retry(operators: tuple[Operator, Operator]) -> None:
@@ -169,7 +169,7 @@ async def test_peer_down_defers_then_delivers_after_queue_retry(operators: tuple
     await asyncio.sleep(1.5)
     [item] = await a.queue_items(sent.queue_id)
     assert item.attempts == 1
-    assert [r["outcome"] for r in records(a, "message.deferred")] == ["failure"]
+    assert [r["outcome"] for r in await a.records("message.deferred")] == ["failure"]
 
     b.serve()
     assert "1 entry due now" in a.cli("queue", "retry", "--all").stdout
@@ -177,5 +177,5 @@ async def test_peer_down_defers_then_delivers_after_queue_retry(operators: tuple
     assert stored.endswith(raw)
     [item] = await a.wait_queue(sent.queue_id, lambda i: i[0].status is QueueStatus.DONE)
     assert item.attempts == 2
-    a.audit_verify()
-    b.audit_verify()
+    await a.audit_verify()
+    await b.audit_verify()

@@ -287,7 +287,7 @@ level = "info"
             infos = await store.list_messages(folder.id)
             return [await store.read_message_body(i.message_id) for i in infos]
 
-    async def wait_inbox(self, address: str, count: int = 1, timeout: float = 30) -> list[bytes]:
+    async def wait_inbox(self, address: str, count: int = 1, timeout: float = 30) -> list[bytes]:  # noqa: ASYNC109
         deadline = time.monotonic() + timeout
         while True:
             found = await self.folder(address)
@@ -313,7 +313,7 @@ level = "info"
             await engine.dispose()
         return [i for i in items if i.queue_id == queue_id]
 
-    async def wait_queue(self, queue_id: str, predicate: Any, timeout: float = 30) -> list[q.QueueItem]:
+    async def wait_queue(self, queue_id: str, predicate: Any, timeout: float = 30) -> list[q.QueueItem]:  # noqa: ASYNC109
         deadline = time.monotonic() + timeout
         while True:
             items = await self.queue_items(queue_id)
@@ -419,3 +419,46 @@ async def pair(
     await a.prepare_accounts()
     await b.prepare_accounts()
     return a, b
+
+
+class RawSmtp:
+    """A raw SMTP client over a real socket (bytes exactly as written); STARTTLS upgrades it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, port: int) -> RawSmtp:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        raw = cls(reader, writer)
+        assert (await raw.reply())[0].startswith("220 ")
+        return raw
+
+    async def reply(self) -> list[str]:
+        lines = []
+        while True:
+            line = (await asyncio.wait_for(self.reader.readline(), 30)).decode()
+            if not line:
+                raise ConnectionError("connection closed; got " + repr(lines))
+            lines.append(line.rstrip("\r\n"))
+            if line[3:4] != "-":
+                return lines
+
+    async def cmd(self, line: str | bytes) -> str:
+        self.writer.write((line.encode() if isinstance(line, str) else line) + b"\r\n")
+        return (await self.reply())[-1]
+
+    @classmethod
+    async def ready(cls, port: int, context: ssl.SSLContext) -> RawSmtp:
+        raw = await cls.connect(port)
+        await raw.cmd("EHLO mail.peer.test")
+        assert (await raw.cmd("STARTTLS")).startswith("220")
+        await raw.writer.start_tls(context, server_hostname="127.0.0.1")
+        assert (await raw.cmd("EHLO mail.peer.test")).startswith("250 ")
+        return raw
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await self.writer.wait_closed()

@@ -44,7 +44,7 @@ async def peer_stream(op: Operator, cert: Path, key: Path, recipients: list[str]
             async with op.smtp(cert, key) as client:
                 while not load.stop.is_set():
                     mid = f"<{uuid.uuid4().hex}@{PEER}>"
-                    raw = message(sender, recipients[0], "flux", "x" * 2000 + "\r\n", message_id=mid)
+                    raw = message(sender, recipients[0], "flux", ("x" * 76 + "\r\n") * 30, message_id=mid)
                     load.attempted.add(mid)
                     _errors, reply = await client.sendmail(sender, recipients, raw)
                     match = QUEUE_ID.search(reply)

@@ -336,6 +336,15 @@ level = "info"
     async def records(self, event: str) -> list[dict[str, Any]]:
         return [r for r in await self.audit_records() if r.get("event") == event]
 
+    async def wait_records(self, event: str, count: int = 1, timeout: float = 10) -> list[dict[str, Any]]:  # noqa: ASYNC109
+        """Records of `event` once there are `count` (non-durable records are written in batches)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = await self.records(event)
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            await asyncio.sleep(0.1)
+
     async def audit_verify(self) -> None:
         engine = create_engine(self.store_url, pool_size=2)
         try:

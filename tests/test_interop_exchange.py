@@ -73,7 +73,7 @@ async def test_mail_goes_both_ways_byte_exact_and_audited(operators: tuple[Opera
 
     # Audit trails: relayed at the sender's side, accepted at the receiver's, chains intact.
     for sender, receiver, sent, item in ((a, b, sent_a, item_a), (b, a, sent_b, item_b)):
-        relayed = await sender.records("message.relayed")
+        relayed = await sender.wait_records("message.relayed")
         assert [r["message_ref"] for r in relayed] == [sent.queue_id]
         assert relayed[0]["outcome"] == "success"
         assert relayed[0]["cert_subject"] == receiver.subject
@@ -144,7 +144,7 @@ async def test_unknown_recipient_bounces_to_the_sender(operators: tuple[Operator
     assert nobody in text
     assert "Subject: perdu" in text  # the original headers come back
     await b.wait_inbox(bob)
-    assert [r["mailbox"] for r in await a.records("message.bounced")] == [nobody]
+    assert [r["mailbox"] for r in await a.wait_records("message.bounced")] == [nobody]
     refused = [r for r in await b.records("message.refused") if r.get("mailbox") == nobody]
     assert refused and refused[0]["reason"]
     await a.audit_verify()
@@ -169,7 +169,7 @@ async def test_peer_down_defers_then_delivers_after_queue_retry(operators: tuple
     await asyncio.sleep(1.5)
     [item] = await a.queue_items(sent.queue_id)
     assert item.attempts == 1
-    assert [r["outcome"] for r in await a.records("message.deferred")] == ["failure"]
+    assert [r["outcome"] for r in await a.wait_records("message.deferred")] == ["failure"]
 
     b.serve()
     assert "1 entry due now" in a.cli("queue", "retry", "--all").stdout

@@ -68,7 +68,9 @@ async def test_postfix_peer_both_ways(
     assert header(stored, "X-MSS-Test") == "interop"
     assert stored.startswith(b"Received: from mail.postfix-peer.mssante.test")
     accepted = [
-        r for r in await op.records("message.accepted") if r["cert_subject"] == certificate_subject(pf_cert)
+        r
+        for r in await op.wait_records("message.accepted")
+        if r["cert_subject"] == certificate_subject(pf_cert)
     ]
     assert len(accepted) == 1
 
@@ -81,7 +83,7 @@ async def test_postfix_peer_both_ways(
     await op.wait_queue(sent.queue_id, lambda i: i[0].status is QueueStatus.DONE)
     log = peer.logs()
     assert "Trusted TLS connection established from" in log or "TLS connection established from" in log
-    [relayed] = await op.records("message.relayed")
+    [relayed] = await op.wait_records("message.relayed")
     assert relayed["cert_subject"] == certificate_subject(pf_cert)
     await op.audit_verify()
 

@@ -60,7 +60,7 @@ async def ours(params: dict[str, Any], base: Path) -> dict[str, Any]:
         load = await send_load(
             port=op.smtp_port,
             tls_context=client_tls_context(pki.pki_settings()),
-            server_hostname="127.0.0.1",
+            server_hostname=op.hostname,
             recipients=[op.address(m) for m in MAILBOXES],
             **params,
         )

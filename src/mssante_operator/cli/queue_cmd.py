@@ -8,6 +8,7 @@ from typing import TypeVar
 
 import typer
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mssante_operator.cli.common import console, fail, run, state, store_engine
@@ -60,12 +61,12 @@ def list_cmd(
             str(item.id),
             item.queue_id,
             item.status.value,
-            item.mail_from or "<>",
+            Text(item.mail_from or "<>"),
             item.recipient_domain,
             str(len(item.recipients)),
             str(item.attempts),
             item.next_attempt_at.strftime("%Y-%m-%d %H:%M:%S") if item.status is QueueStatus.PENDING else "-",
-            (item.last_error or "")[:60],
+            Text((item.last_error or "")[:60]),  # a peer's words, not rich markup
         )
     console.print(table)
 
@@ -75,16 +76,24 @@ def show_cmd(ctx: typer.Context, ref: str = typer.Argument(..., help="Entry id o
     """Everything about one entry, recipient by recipient."""
     item = _with_sessions(ctx, lambda s: q.get_item(s, ref))
     console.print(f"[bold]entry {item.id}[/] queue id {item.queue_id} — {item.status.value}", highlight=False)
-    console.print(f"  from {item.mail_from or '<>'} to domain {item.recipient_domain}", highlight=False)
+    console.print(
+        f"  from {item.mail_from or '<>'} to domain {item.recipient_domain}", highlight=False, markup=False
+    )
     console.print(f"  queued {item.created_at.isoformat()}, {item.attempts} attempt(s)", highlight=False)
     if item.status is QueueStatus.PENDING:
         console.print(f"  next attempt {item.next_attempt_at.isoformat()}", highlight=False)
     if item.envid or item.ret:
-        console.print(f"  DSN: ENVID={item.envid or '-'} RET={item.ret or '-'}", highlight=False)
+        console.print(
+            f"  DSN: ENVID={item.envid or '-'} RET={item.ret or '-'}", highlight=False, markup=False
+        )
     for r in item.recipients:
-        console.print(f"  - {r.address} [{r.status.value}] NOTIFY={r.notify or '-'}", highlight=False)
+        # markup=False: "[deferred]" would otherwise be read as a rich style tag and vanish, and a
+        # peer's reply text must be printed as it is.
+        console.print(
+            f"  - {r.address} [{r.status.value}] NOTIFY={r.notify or '-'}", highlight=False, markup=False
+        )
         if r.last_reply:
-            console.print(f"      {r.last_reply}", highlight=False)
+            console.print(f"      {r.last_reply}", highlight=False, markup=False)
 
 
 @app.command("retry")

@@ -1,0 +1,119 @@
+"""Relay latency between two operators: from the commit at operator A (the moment its 250 would
+be sent: `store_message` with a remote recipient returns) to the message committed in the
+recipient's INBOX at operator B. Both are real `serve` processes (SQLite, fsync), mutual TLS.
+
+    .venv/bin/python bench/relay_e2e.py                       # 1000 messages at 20/s
+    .venv/bin/python bench/relay_e2e.py --messages 200 --rate 10 --poll 0.02
+
+The message is queued at A from this process, so A's relay finds it at its next queue poll
+(`--poll`, [relay] poll_interval_seconds); a submission inside A's process wakes the relay at once
+instead, so the figure includes up to one poll interval that production does not pay. Arrival time
+is B's `messages.created_at` (same machine, same clock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from sqlalchemy import select  # noqa: E402
+
+from interop_support import header, message, pair  # noqa: E402
+from mssante_operator.pki.devpki import DevPki  # noqa: E402
+from mssante_operator.store.mailstore import OutboundDelivery  # noqa: E402
+from mssante_operator.store.models import Message  # noqa: E402
+
+
+def pct(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+async def run(messages: int, rate: float, poll: float) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="relay-e2e-") as tmp:
+        base = Path(tmp)
+        pki = DevPki.init(base / "pki", server_hostname="mail.bench.mssante.test")
+        a, b = await pair(
+            base,
+            pki,
+            b_url=f"sqlite+aiosqlite:///{base / 'b' / 'store.db'}",
+            a_kwargs={"poll_interval": poll},
+            b_kwargs={"poll_interval": poll},
+        )
+        a.serve()
+        b.serve()
+        try:
+            alice, bob = a.address("alice"), b.address("bob")
+            sent: dict[str, datetime] = {}
+            async with a.store() as store:
+                started = time.perf_counter()
+                for n in range(messages):
+                    mid = f"<bench-{n}@relay-e2e.test>"
+                    raw = message(alice, bob, f"bench {n}", ("x" * 76 + "\r\n") * 40, message_id=mid)
+                    await store.store_message(
+                        raw, local_recipients=[], outbound=[OutboundDelivery(mail_from=alice, recipient=bob)]
+                    )
+                    sent[mid] = datetime.now(UTC)
+                    delay = started + (n + 1) / rate - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                async with b.store() as store:
+                    folder = await store.get_folder(bob, "INBOX")
+                    if len(await store.list_messages(folder.id)) >= messages:
+                        break
+                await asyncio.sleep(0.5)
+            latencies: list[float] = []
+            async with b.store() as store:
+                folder = await store.get_folder(bob, "INBOX")
+                async with store._sessions() as session:  # the bench reads the commit times directly
+                    rows = (
+                        await session.execute(
+                            select(Message.id, Message.created_at).where(Message.folder_id == folder.id)
+                        )
+                    ).all()
+                for message_id, created in rows:
+                    mid = header(await store.read_message_body(message_id), "Message-ID")
+                    arrived = created if created.tzinfo else created.replace(tzinfo=UTC)
+                    if mid in sent:
+                        latencies.append((arrived - sent[mid]).total_seconds())
+        finally:
+            a.stop()
+            b.stop()
+    return {
+        "messages": messages,
+        "delivered": len(latencies),
+        "rate_per_s": rate,
+        "relay_poll_interval_s": poll,
+        "latency_ms_p50": round(pct(latencies, 0.5) * 1e3, 1) if latencies else None,
+        "latency_ms_p99": round(pct(latencies, 0.99) * 1e3, 1) if latencies else None,
+        "latency_ms_max": round(max(latencies) * 1e3, 1) if latencies else None,
+        "load_average": round(os.getloadavg()[0], 1),
+        "cpus": os.cpu_count(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=20.0, help="messages per second queued at A")
+    parser.add_argument("--poll", type=float, default=0.02, help="A's relay queue poll interval (s)")
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(run(args.messages, args.rate, args.poll)), indent=2))
+
+
+if __name__ == "__main__":
+    main()

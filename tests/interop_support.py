@@ -124,6 +124,9 @@ class Operator:
     poll_interval: float = 0.2
     inbound: dict[str, Any] = field(default_factory=dict)
     require_crl: bool = True
+    # Client submission on an implicit-TLS port (issue 5 end-to-end tests).
+    submission: bool = False
+    submission_port: int | None = None
     procs: list[ServeProcess] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -137,11 +140,21 @@ class Operator:
         self.key_file = self.root / "var" / "master.key"
         self.master_key = MasterKey.generate(self.key_file)
         self.config = self.root / "config.toml"
+        if self.submission and self.submission_port is None:
+            self.submission_port = free_port()
 
     def address(self, local: str) -> str:
         return f"{local}@{self.domain}"
 
     # -- configuration ---------------------------------------------------------------------------
+
+    def _submission_section(self) -> str:
+        if not self.submission:
+            return "[smtp_submission]\nenabled = false\n"
+        return (
+            '[smtp_submission]\nenabled = true\nhost = "127.0.0.1"\n'
+            f"starttls_port = {free_port()}\nimplicit_tls_port = {self.submission_port}\n"
+        )
 
     def write_config(self) -> None:
         routes = ", ".join(f"{json.dumps(d)} = {json.dumps(h)}" for d, h in self.routes.items())
@@ -170,8 +183,7 @@ enabled = true
 host = "127.0.0.1"
 port = {self.smtp_port}
 {inbound}
-[smtp_submission]
-enabled = false
+{self._submission_section()}
 
 [imap]
 enabled = false

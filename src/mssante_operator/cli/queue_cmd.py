@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -54,7 +54,16 @@ def list_cmd(
         console.print("queue is empty")
         return
     table = Table(
-        "id", "queue id", "status", "from", "domain", "rcpts", "tries", "next attempt", "last error"
+        "id",
+        # Operators copy queue ids into `queue show/retry`: never wrapped, even in a narrow terminal.
+        Column("queue id", no_wrap=True, min_width=16),
+        "status",
+        "from",
+        "domain",
+        "rcpts",
+        "tries",
+        "next attempt",
+        "last error",
     )
     for item in items:
         table.add_row(

@@ -5,7 +5,7 @@ This is composition code: it knows every package so that none of them has to kno
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from cryptography import x509
@@ -96,6 +96,51 @@ class DsnSender:
         if self.on_queued is not None:
             self.on_queued()
 
+    async def local_success(
+        self,
+        hostname: str,
+        *,
+        mail_from: str,
+        received_at: datetime,
+        envid: str | None,
+        raw: bytes,
+        recipients: Sequence[RecipientSpec],
+        queue_id: str,
+    ) -> None:
+        """The success DSNs asked for (NOTIFY=SUCCESS) by local recipients just delivered to.
+
+        Best effort: the message itself is safe, so a lost notice is only logged.
+        """
+        wanted = [
+            r for r in recipients if should_notify(mail_from, r.params.notify_wire(), DsnAction.DELIVERED)
+        ]
+        if not wanted:
+            return
+        now = datetime.now(UTC)
+        report = DsnReport(
+            reporting_mta=hostname,
+            sender=mail_from,
+            arrival_date=received_at,
+            envid=envid,
+            ret=None,
+            original_message=raw,
+            recipients=[
+                DsnRecipient(
+                    final_recipient=r.address,
+                    original_recipient=_orcpt(r),
+                    action=DsnAction.DELIVERED,
+                    status="2.0.0",
+                    diagnostic="250 2.0.0 delivered to the recipient's INBOX",
+                    last_attempt=now,
+                )
+                for r in wanted
+            ],
+        )
+        try:
+            await self.send(mail_from, build_dsn(report, now=now, message_id_domain=hostname))
+        except Exception:
+            log.exception("success DSN failed", queue_id=queue_id)
+
 
 class StoreSink:
     """`smtp.ports.MessageSink`: one durable transaction into every recipient's INBOX, then the
@@ -113,40 +158,16 @@ class StoreSink:
             internal_date=message.received_at,
             queue_id=message.queue_id,
         )
-        wanted = [
-            r
-            for r in message.recipients
-            if should_notify(message.mail_from, r.params.notify_wire(), DsnAction.DELIVERED)
-        ]
-        if wanted:
-            try:
-                await self._success_dsn(message, wanted)
-            except Exception:  # the message itself is safe; a lost success notice is only logged
-                log.exception("success DSN failed", queue_id=stored.queue_id)
-        return StoreReceipt(stored.queue_id)
-
-    async def _success_dsn(self, message: InboundMessage, recipients: list[RecipientSpec]) -> None:
-        now = datetime.now(UTC)
-        report = DsnReport(
-            reporting_mta=self._hostname,
-            sender=message.mail_from,
-            arrival_date=message.received_at,
+        await self._dsn.local_success(
+            self._hostname,
+            mail_from=message.mail_from,
+            received_at=message.received_at,
             envid=message.mail_params.envid,
-            ret=None,
-            original_message=message.raw,
-            recipients=[
-                DsnRecipient(
-                    final_recipient=r.address,
-                    original_recipient=_orcpt(r),
-                    action=DsnAction.DELIVERED,
-                    status="2.0.0",
-                    diagnostic="250 2.0.0 delivered to the recipient's INBOX",
-                    last_attempt=now,
-                )
-                for r in recipients
-            ],
+            raw=message.raw,
+            recipients=message.recipients,
+            queue_id=stored.queue_id,
         )
-        await self._dsn.send(message.mail_from, build_dsn(report, now=now, message_id_domain=self._hostname))
+        return StoreReceipt(stored.queue_id)
 
 
 def _orcpt(recipient: RecipientSpec) -> str | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import ssl
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from cryptography import x509
 from prometheus_client import Counter
@@ -21,8 +20,7 @@ from mssante_operator.ops.adapters import DsnSender
 from mssante_operator.ops.logging import get_logger
 from mssante_operator.ops.metrics import NAMESPACE, Metrics
 from mssante_operator.pki import CertificateValidator, IdentityKind, RefusalReason, Usage, server_tls_context
-from mssante_operator.relay.dsn import DsnAction, DsnRecipient, DsnReport, build_dsn, should_notify
-from mssante_operator.smtp.ports import MailboxState, RecipientSpec, StoreReceipt, Verdict
+from mssante_operator.smtp.ports import MailboxState, StoreReceipt, Verdict
 from mssante_operator.smtp.submission import LISTENER
 from mssante_operator.smtp.submission_ports import (
     ClientCertificateCheck,
@@ -133,42 +131,16 @@ class StoreSubmissionSink:
         )
         if message.remote and self._wake is not None:
             self._wake()
-        wanted = [
-            r
-            for r in message.local
-            if should_notify(message.mail_from, r.params.notify_wire(), DsnAction.DELIVERED)
-        ]
-        if wanted:
-            try:
-                await self._success_dsn(message, wanted)
-            except Exception:  # the message itself is safe; a lost success notice is only logged
-                log.exception("success DSN failed", queue_id=stored.queue_id)
-        return StoreReceipt(stored.queue_id)
-
-    async def _success_dsn(self, message: SubmittedMessage, recipients: list[RecipientSpec]) -> None:
-        now = datetime.now(UTC)
-        report = DsnReport(
-            reporting_mta=self._hostname,
-            sender=message.mail_from,
-            arrival_date=message.received_at,
+        await self._dsn.local_success(
+            self._hostname,
+            mail_from=message.mail_from,
+            received_at=message.received_at,
             envid=message.mail_params.envid,
-            ret=None,
-            original_message=message.raw,
-            recipients=[
-                DsnRecipient(
-                    final_recipient=r.address,
-                    original_recipient=None
-                    if r.params.orcpt is None
-                    else f"{r.params.orcpt.addr_type};{r.params.orcpt.address}",
-                    action=DsnAction.DELIVERED,
-                    status="2.0.0",
-                    diagnostic="250 2.0.0 delivered to the recipient's INBOX",
-                    last_attempt=now,
-                )
-                for r in recipients
-            ],
+            raw=message.raw,
+            recipients=message.local,
+            queue_id=stored.queue_id,
         )
-        await self._dsn.send(message.mail_from, build_dsn(report, now=now, message_id_domain=self._hostname))
+        return StoreReceipt(stored.queue_id)
 
 
 def submission_audit_event(event: SubmissionAuditEvent) -> AuditEvent:

@@ -126,14 +126,7 @@ class InboundSmtpService:
         self._registry.stopping = True
         if self._server is not None:
             self._server.close()
-        for session in list(self._registry.sessions):
-            session.close_if_idle()
-        if not await self._registry.wait_empty(grace):
-            remaining = list(self._registry.sessions)
-            log.warning("grace period over, closing sessions", service=self.name, sessions=len(remaining))
-            for session in remaining:
-                session.abort()
-            await self._registry.wait_empty(5.0)
+        await self._registry.drain(grace, self.name)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None

@@ -149,14 +149,7 @@ class SubmissionSmtpService:
         self._registry.stopping = True
         for server in self._servers.values():
             server.close()
-        for session in list(self._registry.sessions):
-            session.close_if_idle()
-        if not await self._registry.wait_empty(grace):
-            remaining = list(self._registry.sessions)
-            log.warning("grace period over, closing sessions", service=self.name, sessions=len(remaining))
-            for session in remaining:
-                session.abort()
-            await self._registry.wait_empty(5.0)
+        await self._registry.drain(grace, self.name)
         for server in self._servers.values():
             await server.wait_closed()
         self._servers = {}

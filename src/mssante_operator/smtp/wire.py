@@ -146,6 +146,19 @@ class SessionRegistry:
             return False
         return True
 
+    async def drain(self, grace: float, service: str) -> None:
+        """Graceful stop: idle sessions get 421 now, sessions in a transaction get `grace` seconds,
+        then whatever is left is aborted."""
+        self.stopping = True
+        for session in list(self.sessions):
+            session.close_if_idle()
+        if not await self.wait_empty(grace):
+            remaining = list(self.sessions)
+            log.warning("grace period over, closing sessions", service=service, sessions=len(remaining))
+            for session in remaining:
+                session.abort()
+            await self.wait_empty(5.0)
+
 
 class _NoHooks:
     """aiosmtpd wants a handler object; every command is implemented on the protocol itself."""

@@ -30,6 +30,7 @@ from mssante_operator.smtp.ports import (
     Verdict,
 )
 from mssante_operator.smtp.submission_ports import DirectoryListing
+from mssante_operator.store.groupcommit import Delivery, DeliveryWriter
 from mssante_operator.store.mailstore import MailStore, OutboundDelivery
 from mssante_operator.store.models import RecipientStatus
 from mssante_operator.trust.store import TrustStore
@@ -58,6 +59,42 @@ class PkiPeerVerifier:
         return PeerVerdict(result.ok, result.detail, subject, temporary=result.reason in _TEMPORARY_PKI)
 
 
+class GroupCommitSink:
+    """`smtp.ports.AcceptedSink`: the message and its acceptance audit record in one group-committed
+    transaction (`store.groupcommit.DeliveryWriter`), then the success DSNs senders asked for."""
+
+    def __init__(
+        self, writer: DeliveryWriter, audit: AuditLog, counter: AuditAdapter, dsn: DsnSender, hostname: str
+    ) -> None:
+        self._writer = writer
+        self._audit = audit
+        self._counter = counter
+        self._dsn = dsn
+        self._hostname = hostname
+
+    async def store_accepted(self, message: InboundMessage, event: SmtpAuditEvent) -> StoreReceipt:
+        stored = await self._writer.deliver(
+            Delivery(
+                raw=message.raw,
+                local_recipients=[r.address for r in message.recipients],
+                queue_id=message.queue_id,
+                internal_date=message.received_at,
+                journal=self._audit.journal_fields(smtp_audit_event(event)),
+            )
+        )
+        self._counter.count(event)
+        await self._dsn.local_success(
+            self._hostname,
+            mail_from=message.mail_from,
+            received_at=message.received_at,
+            envid=message.mail_params.envid,
+            raw=message.raw,
+            recipients=message.recipients,
+            queue_id=stored.queue_id,
+        )
+        return StoreReceipt(stored.queue_id)
+
+
 class StoreRecipients:
     """`smtp.ports.RecipientDirectory`: local mailboxes from the store, and the national
     directory's verdict on the exchange once a mirror is loaded."""
@@ -67,8 +104,8 @@ class StoreRecipients:
         self._directory = directory
 
     async def mailbox_state(self, address: str) -> MailboxState | None:
-        mailbox = await self._store.get_mailbox(address)
-        return None if mailbox is None else MailboxState(mailbox.status.value)
+        status = await self._store.mailbox_status(address)
+        return None if status is None else MailboxState(status.value)
 
     async def exchange_decision(self, sender: str | None, recipient: str) -> Verdict | None:
         # Bounces (null sender) answer an earlier exchange: nothing for the directory to judge.
@@ -207,7 +244,7 @@ class AuditAdapter:
         self._audit = audit
         self._metrics = metrics
 
-    def _count(self, event: SmtpAuditEvent) -> None:
+    def count(self, event: SmtpAuditEvent) -> None:
         if self._metrics is None:
             return
         if event.event in ("message.accepted", "message.refused") and event.stage == "data":
@@ -218,11 +255,11 @@ class AuditAdapter:
             self._metrics.tls_handshake_failures.labels(event.listener, event.reason[:40]).inc()
 
     def record(self, event: SmtpAuditEvent) -> None:
-        self._count(event)
+        self.count(event)
         self._audit.record(smtp_audit_event(event))
 
     async def record_durable(self, event: SmtpAuditEvent) -> None:
-        self._count(event)
+        self.count(event)
         await self._audit.record_durable(smtp_audit_event(event))
 
 

@@ -5,6 +5,7 @@ This is composition code: it knows every package so that none of them has to kno
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -36,6 +37,10 @@ from mssante_operator.store.models import RecipientStatus
 from mssante_operator.trust.store import TrustStore
 
 log = get_logger(__name__)
+
+#: How long a recipient seen active is taken as active without asking the store again (seconds).
+ACTIVE_MAILBOX_TTL = 2.0
+_ACTIVE_CACHE_MAX = 100_000
 
 _TEMPORARY_PKI = frozenset({RefusalReason.NO_CRL, RefusalReason.CRL_EXPIRED})
 
@@ -99,13 +104,35 @@ class StoreRecipients:
     """`smtp.ports.RecipientDirectory`: local mailboxes from the store, and the national
     directory's verdict on the exchange once a mirror is loaded."""
 
-    def __init__(self, mailstore: MailStore, directory: DirectoryMirror | None = None) -> None:
+    def __init__(
+        self,
+        mailstore: MailStore,
+        directory: DirectoryMirror | None = None,
+        *,
+        active_ttl: float = ACTIVE_MAILBOX_TTL,
+    ) -> None:
         self._store = mailstore
         self._directory = directory
+        self._active_ttl = active_ttl
+        self._active_until: dict[str, float] = {}
 
     async def mailbox_state(self, address: str) -> MailboxState | None:
+        # Only "active" is remembered, for a moment: a mailbox suspended in the meantime is seen
+        # `active_ttl` late (a closed or removed one is still refused when the message is stored),
+        # while an unknown or new address is always asked for, never refused from memory.
+        now = time.monotonic()
+        key = address.lower()
+        if self._active_until.get(key, 0.0) > now:
+            return MailboxState.ACTIVE
         status = await self._store.mailbox_status(address)
-        return None if status is None else MailboxState(status.value)
+        state = None if status is None else MailboxState(status.value)
+        if state is MailboxState.ACTIVE and self._active_ttl > 0:
+            if len(self._active_until) >= _ACTIVE_CACHE_MAX:
+                self._active_until.clear()
+            self._active_until[key] = now + self._active_ttl
+        else:
+            self._active_until.pop(key, None)
+        return state
 
     async def exchange_decision(self, sender: str | None, recipient: str) -> Verdict | None:
         # Bounces (null sender) answer an earlier exchange: nothing for the directory to judge.

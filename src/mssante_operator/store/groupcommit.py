@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,6 +50,8 @@ from mssante_operator.store.models import Folder, Mailbox, MailboxStatus, Messag
 from mssante_operator.store.notify import ChangeKind, MailboxChange
 
 log = get_logger(__name__)
+
+_BUSY_TIMEOUT_MS = 30_000
 
 _MAILBOXES = cast(Table, Mailbox.__table__)
 _FOLDERS = cast(Table, Folder.__table__)
@@ -251,17 +254,32 @@ class DeliveryWriter:
                 pending.future.set_exception(RuntimeError("delivery was not written"))
 
     async def _transaction(self, batch: list[_Pending]) -> None:
-        if self._sync_engine is not None:
-            engine = self._sync_engine
-
-            def run() -> None:
-                with engine.begin() as conn:
-                    self.write_batch(conn, batch)
-
-            await asyncio.get_running_loop().run_in_executor(self._thread, run)
-        else:
+        if self._sync_engine is None:
             async with self._engine.begin() as conn:
                 await conn.run_sync(self.write_batch, batch)
+            return
+        # SQLite: the statements run right here, on the loop (microseconds each, page cache);
+        # only waiting for the write lock and the COMMIT (the fsync) go to the writer thread. A
+        # thread hop per statement would cost a GIL hand-over each, milliseconds under load.
+        loop = asyncio.get_running_loop()
+        with self._sync_engine.connect() as conn:
+            dbapi = conn.connection.driver_connection
+            assert dbapi is not None
+            try:
+                dbapi.execute("BEGIN IMMEDIATE")  # busy_timeout 0: fails at once when locked
+            except sqlite3.OperationalError:
+                await loop.run_in_executor(self._thread, _begin_waiting, dbapi)
+            try:
+                self.write_batch(conn, batch)
+                await loop.run_in_executor(self._thread, dbapi.commit)
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    dbapi.rollback()
+                raise
+            finally:
+                # SQLAlchemy's own idea of the transaction (autobegun, empty at the driver level).
+                with contextlib.suppress(Exception):
+                    conn.rollback()
 
     # -- the transaction (synchronous: a writer thread on SQLite, run_sync on PostgreSQL) --------
 
@@ -411,19 +429,30 @@ def _refusal(addresses: Sequence[str], known: dict[str, _Recipient | MailboxStat
 
 
 def _sqlite_sync_engine(engine: AsyncEngine) -> Engine:
-    """A synchronous engine on the same SQLite file, whose transactions start with BEGIN IMMEDIATE
-    (the write lock first: a deferred transaction that reads then writes can fail with SQLITE_BUSY
-    when another writer committed in between)."""
-    sync = create_sync_engine(engine.url.set(drivername="sqlite+pysqlite"), pool_size=1, max_overflow=0)
+    """A synchronous engine on the same SQLite file. The driver is in autocommit mode: the writer
+    issues BEGIN IMMEDIATE (the write lock first: a deferred transaction that reads then writes
+    can fail with SQLITE_BUSY when another writer committed in between) and COMMIT itself."""
+    sync = create_sync_engine(
+        engine.url.set(drivername="sqlite+pysqlite"),
+        pool_size=1,
+        max_overflow=0,
+        connect_args={"check_same_thread": False},  # statements on the loop, COMMIT in the thread
+    )
 
     @event.listens_for(sync, "connect")
     def _connect(dbapi_connection: Any, record: Any) -> None:
         sqlite_pragmas(dbapi_connection, record)
-        # The driver must not open transactions itself: the "begin" hook below does.
         dbapi_connection.isolation_level = None
-
-    @event.listens_for(sync, "begin")
-    def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Never wait for the lock on the event loop; `_begin_waiting` waits in the thread.
+        dbapi_connection.execute("PRAGMA busy_timeout=0")
 
     return sync
+
+
+def _begin_waiting(dbapi: Any) -> None:
+    """BEGIN IMMEDIATE, waiting up to the usual busy timeout (in the writer thread)."""
+    dbapi.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+    try:
+        dbapi.execute("BEGIN IMMEDIATE")
+    finally:
+        dbapi.execute("PRAGMA busy_timeout=0")

@@ -41,6 +41,9 @@ log = get_logger(__name__)
 #: How long a recipient seen active is taken as active without asking the store again (seconds).
 ACTIVE_MAILBOX_TTL = 2.0
 _ACTIVE_CACHE_MAX = 100_000
+#: How long a client certificate's verdict is reused for the peer's next connections (seconds).
+PEER_VERDICT_TTL = 10.0
+_PEER_CACHE_MAX = 10_000
 
 _TEMPORARY_PKI = frozenset({RefusalReason.NO_CRL, RefusalReason.CRL_EXPIRED})
 
@@ -49,19 +52,37 @@ class PkiPeerVerifier:
     """`smtp.ports.PeerVerifier` over the current `CertificateValidator` (rebuilt on reload)."""
 
     def __init__(
-        self, validator: Callable[[], CertificateValidator], usage: Usage = Usage.TLS_CLIENT
+        self,
+        validator: Callable[[], CertificateValidator],
+        usage: Usage = Usage.TLS_CLIENT,
+        *,
+        ttl: float = PEER_VERDICT_TTL,
     ) -> None:
         self._validator = validator
         self._usage = usage
+        self._ttl = ttl
+        self._recent: dict[bytes, tuple[CertificateValidator, float, PeerVerdict]] = {}
 
     async def verify_peer(self, certificate_der: bytes) -> PeerVerdict:
+        # A peer opens many connections with the same certificate: its verdict by the same
+        # validator (rebuilt on SIGHUP, so new CRLs are not masked) is kept for a few seconds.
+        validator = self._validator()
+        now = time.monotonic()
+        cached = self._recent.get(certificate_der)
+        if cached is not None and cached[0] is validator and cached[1] > now:
+            return cached[2]
         try:
             cert = x509.load_der_x509_certificate(certificate_der)
         except ValueError as exc:
             return PeerVerdict(False, f"unreadable client certificate: {exc}")
-        result = self._validator().validate(cert, usage=self._usage)
+        result = validator.validate(cert, usage=self._usage)
         subject = result.identity.subject_dn if result.identity else cert.subject.rfc4514_string()
-        return PeerVerdict(result.ok, result.detail, subject, temporary=result.reason in _TEMPORARY_PKI)
+        verdict = PeerVerdict(result.ok, result.detail, subject, temporary=result.reason in _TEMPORARY_PKI)
+        if not verdict.temporary and self._ttl > 0:
+            if len(self._recent) >= _PEER_CACHE_MAX:
+                self._recent.clear()
+            self._recent[certificate_der] = (validator, now + self._ttl, verdict)
+        return verdict
 
 
 class GroupCommitSink:

@@ -5,6 +5,7 @@ This is composition code: it knows every package so that none of them has to kno
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -136,21 +137,31 @@ class StoreRecipients:
         self._directory = directory
         self._active_ttl = active_ttl
         self._active_until: dict[str, float] = {}
+        self._lookups: dict[str, asyncio.Future[MailboxState | None]] = {}
 
     async def mailbox_state(self, address: str) -> MailboxState | None:
         # Only "active" is remembered, for a moment: a mailbox suspended in the meantime is seen
         # `active_ttl` late (a closed or removed one is still refused when the message is stored),
         # while an unknown or new address is always asked for, never refused from memory.
-        now = time.monotonic()
         key = address.lower()
-        if self._active_until.get(key, 0.0) > now:
+        if self._active_until.get(key, 0.0) > time.monotonic():
             return MailboxState.ACTIVE
+        # Sessions that ask for the same address meanwhile share the one query: when the entry
+        # expires under load, twenty sessions would otherwise open twenty pool connections at once.
+        pending = self._lookups.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._look_up(key, address))
+            self._lookups[key] = pending
+            pending.add_done_callback(lambda _: self._lookups.pop(key, None))
+        return await asyncio.shield(pending)
+
+    async def _look_up(self, key: str, address: str) -> MailboxState | None:
         status = await self._store.mailbox_status(address)
         state = None if status is None else MailboxState(status.value)
         if state is MailboxState.ACTIVE and self._active_ttl > 0:
             if len(self._active_until) >= _ACTIVE_CACHE_MAX:
                 self._active_until.clear()
-            self._active_until[key] = now + self._active_ttl
+            self._active_until[key] = time.monotonic() + self._active_ttl
         else:
             self._active_until.pop(key, None)
         return state

@@ -25,6 +25,10 @@ def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# The former private name, for code written against it.
+_sqlite_pragmas = sqlite_pragmas
+
+
 def create_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> AsyncEngine:
     """Create the store engine; for SQLite, make the database's directory if needed."""
     parsed = make_url(url)

@@ -30,6 +30,7 @@ from postfix_baseline import (  # noqa: E402
     CLIENT_HOST,
     SCENARIOS,
     SENDER,
+    _cpu_seconds,
     _percentile,
     postfix_inbound_rate,
     send_load,
@@ -55,7 +56,9 @@ async def ours(params: dict[str, Any], base: Path) -> dict[str, Any]:
         mailboxes=MAILBOXES,
     )
     await op.prepare([(op.domain, op.subject), (SENDER.split("@")[1], certificate_subject(pki.server_cert))])
-    op.serve()
+    proc = op.serve()
+    assert proc.proc is not None
+    cpu_before = _cpu_seconds(proc.proc.pid)
     try:
         load = await send_load(
             port=op.smtp_port,
@@ -64,6 +67,7 @@ async def ours(params: dict[str, Any], base: Path) -> dict[str, Any]:
             recipients=[op.address(m) for m in MAILBOXES],
             **params,
         )
+        cpu = _cpu_seconds(proc.proc.pid) - cpu_before
     finally:
         op.stop()
     lat = sorted(load.latencies)
@@ -76,6 +80,8 @@ async def ours(params: dict[str, Any], base: Path) -> dict[str, Any]:
         "accepted_per_s": round(load.accepted / load.accepted_seconds, 1),
         "data_to_250_ms_p50": round(lat[len(lat) // 2] * 1e3, 1) if lat else None,
         "data_to_250_ms_p99": round(_percentile(lat, 0.99) * 1e3, 1) if lat else None,
+        # The serve process's user + system CPU (all its threads) per accepted message.
+        "cpu_ms_per_message": round(cpu / load.accepted * 1e3, 2) if load.accepted else None,
     }
 
 

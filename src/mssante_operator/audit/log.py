@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, update
+from sqlalchemy import Connection, Table, insert, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mssante_operator.audit.chain import normalize_fields, record_hash
@@ -81,20 +81,59 @@ async def append_batch(session: AsyncSession, rows: Sequence[dict[str, Any]]) ->
             "the audit chain head row is missing (table audit_chain_head); "
             "run `mssante-operator audit verify` and `mssante-operator db upgrade`"
         )
-    seq, prev = int(head[0]), str(head[1])
+    seq, prev, values = _chained(int(head[0]), str(head[1]), rows)
+    if values:
+        await session.execute(insert(_RECORDS), values)
+        await session.execute(_move_head(values))
+    return seq, prev
+
+
+def _lock_head() -> Any:
+    table = _HEAD
+    return (
+        update(table)
+        .where(table.c.id == HEAD_ID)
+        .values(seq=table.c.seq)
+        .returning(table.c.seq, table.c.hash)
+    )
+
+
+def _chained(seq: int, prev: str, rows: Sequence[dict[str, Any]]) -> tuple[int, str, list[dict[str, Any]]]:
     values: list[dict[str, Any]] = []
     for fields in rows:
         seq += 1
         digest = record_hash(prev, seq=seq, **fields)
         values.append({**fields, "seq": seq, "prev_hash": prev, "hash": digest})
         prev = digest
-    if values:
-        await session.execute(insert(_RECORDS), values)
-        await session.execute(
-            update(table)
-            .where(table.c.id == HEAD_ID)
-            .values(seq=seq, hash=prev, updated_at=datetime.now(UTC))
+    return seq, prev, values
+
+
+def _move_head(values: Sequence[dict[str, Any]]) -> Any:
+    last = values[-1]
+    return (
+        update(_HEAD)
+        .where(_HEAD.c.id == HEAD_ID)
+        .values(seq=last["seq"], hash=last["hash"], updated_at=datetime.now(UTC))
+    )
+
+
+def append_rows_sync(connection: Connection, rows: Sequence[dict[str, Any]]) -> tuple[int, str]:
+    """`append_batch` on a synchronous connection, inside its open transaction: the records of a
+    group-committed delivery batch share the transaction (and the fsync) of their messages.
+
+    On SQLite the transaction must already hold the write lock (BEGIN IMMEDIATE); on PostgreSQL the
+    head's row lock is taken here and held until the commit.
+    """
+    head = connection.execute(_lock_head()).one_or_none()
+    if head is None:
+        raise AuditWriteError(
+            "the audit chain head row is missing (table audit_chain_head); "
+            "run `mssante-operator audit verify` and `mssante-operator db upgrade`"
         )
+    seq, prev, values = _chained(int(head[0]), str(head[1]), rows)
+    if values:
+        connection.execute(insert(_RECORDS), values)
+        connection.execute(_move_head(values))
     return seq, prev
 
 
@@ -210,6 +249,17 @@ class AuditLog:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._enqueue(_Item(self._fields(event), waiter))
         await waiter
+
+    def journal_fields(self, event: AuditEvent) -> dict[str, Any]:
+        """`event` as a row for `journal`, which another writer calls inside its own transaction
+        (group-committed deliveries: the message and its audit record become durable together)."""
+        return self._fields(event)
+
+    def journal(self, connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        """Append `rows` (from `journal_fields`) to the chain inside `connection`'s transaction."""
+        append_rows_sync(connection, rows)
+        # Counted before the caller's commit: a failed commit then shows up as an error there.
+        self.stats.written += len(rows)
 
     async def flush(self) -> None:
         """Return once everything queued before the call is committed; raise if some could not be."""

@@ -5,6 +5,8 @@ This is composition code: it knows every package so that none of them has to kno
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -30,11 +32,19 @@ from mssante_operator.smtp.ports import (
     Verdict,
 )
 from mssante_operator.smtp.submission_ports import DirectoryListing
+from mssante_operator.store.groupcommit import Delivery, DeliveryWriter
 from mssante_operator.store.mailstore import MailStore, OutboundDelivery
 from mssante_operator.store.models import RecipientStatus
 from mssante_operator.trust.store import TrustStore
 
 log = get_logger(__name__)
+
+#: How long a recipient seen active is taken as active without asking the store again (seconds).
+ACTIVE_MAILBOX_TTL = 2.0
+_ACTIVE_CACHE_MAX = 100_000
+#: How long a client certificate's verdict is reused for the peer's next connections (seconds).
+PEER_VERDICT_TTL = 10.0
+_PEER_CACHE_MAX = 10_000
 
 _TEMPORARY_PKI = frozenset({RefusalReason.NO_CRL, RefusalReason.CRL_EXPIRED})
 
@@ -43,32 +53,118 @@ class PkiPeerVerifier:
     """`smtp.ports.PeerVerifier` over the current `CertificateValidator` (rebuilt on reload)."""
 
     def __init__(
-        self, validator: Callable[[], CertificateValidator], usage: Usage = Usage.TLS_CLIENT
+        self,
+        validator: Callable[[], CertificateValidator],
+        usage: Usage = Usage.TLS_CLIENT,
+        *,
+        ttl: float = PEER_VERDICT_TTL,
     ) -> None:
         self._validator = validator
         self._usage = usage
+        self._ttl = ttl
+        self._recent: dict[bytes, tuple[CertificateValidator, float, PeerVerdict]] = {}
 
     async def verify_peer(self, certificate_der: bytes) -> PeerVerdict:
+        # A peer opens many connections with the same certificate: its verdict by the same
+        # validator (rebuilt on SIGHUP, so new CRLs are not masked) is kept for a few seconds.
+        validator = self._validator()
+        now = time.monotonic()
+        cached = self._recent.get(certificate_der)
+        if cached is not None and cached[0] is validator and cached[1] > now:
+            return cached[2]
         try:
             cert = x509.load_der_x509_certificate(certificate_der)
         except ValueError as exc:
             return PeerVerdict(False, f"unreadable client certificate: {exc}")
-        result = self._validator().validate(cert, usage=self._usage)
+        result = validator.validate(cert, usage=self._usage)
         subject = result.identity.subject_dn if result.identity else cert.subject.rfc4514_string()
-        return PeerVerdict(result.ok, result.detail, subject, temporary=result.reason in _TEMPORARY_PKI)
+        verdict = PeerVerdict(result.ok, result.detail, subject, temporary=result.reason in _TEMPORARY_PKI)
+        if not verdict.temporary and self._ttl > 0:
+            if len(self._recent) >= _PEER_CACHE_MAX:
+                self._recent.clear()
+            self._recent[certificate_der] = (validator, now + self._ttl, verdict)
+        return verdict
+
+
+class GroupCommitSink:
+    """`smtp.ports.AcceptedSink`: the message and its acceptance audit record in one group-committed
+    transaction (`store.groupcommit.DeliveryWriter`), then the success DSNs senders asked for."""
+
+    def __init__(
+        self, writer: DeliveryWriter, audit: AuditLog, counter: AuditAdapter, dsn: DsnSender, hostname: str
+    ) -> None:
+        self._writer = writer
+        self._audit = audit
+        self._counter = counter
+        self._dsn = dsn
+        self._hostname = hostname
+
+    async def store_accepted(self, message: InboundMessage, event: SmtpAuditEvent) -> StoreReceipt:
+        stored = await self._writer.deliver(
+            Delivery(
+                raw=message.raw,
+                local_recipients=[r.address for r in message.recipients],
+                queue_id=message.queue_id,
+                internal_date=message.received_at,
+                journal=self._audit.journal_fields(smtp_audit_event(event)),
+            )
+        )
+        self._counter.count(event)
+        await self._dsn.local_success(
+            self._hostname,
+            mail_from=message.mail_from,
+            received_at=message.received_at,
+            envid=message.mail_params.envid,
+            raw=message.raw,
+            recipients=message.recipients,
+            queue_id=stored.queue_id,
+        )
+        return StoreReceipt(stored.queue_id)
 
 
 class StoreRecipients:
     """`smtp.ports.RecipientDirectory`: local mailboxes from the store, and the national
     directory's verdict on the exchange once a mirror is loaded."""
 
-    def __init__(self, mailstore: MailStore, directory: DirectoryMirror | None = None) -> None:
+    def __init__(
+        self,
+        mailstore: MailStore,
+        directory: DirectoryMirror | None = None,
+        *,
+        active_ttl: float = ACTIVE_MAILBOX_TTL,
+    ) -> None:
         self._store = mailstore
         self._directory = directory
+        self._active_ttl = active_ttl
+        self._active_until: dict[str, float] = {}
+        self._lookups: dict[str, asyncio.Future[MailboxState | None]] = {}
 
     async def mailbox_state(self, address: str) -> MailboxState | None:
-        mailbox = await self._store.get_mailbox(address)
-        return None if mailbox is None else MailboxState(mailbox.status.value)
+        # Only "active" is remembered, for a moment: a mailbox suspended in the meantime is seen
+        # `active_ttl` late (a closed or removed one is still refused when the message is stored),
+        # while an unknown or new address is always asked for, never refused from memory.
+        key = address.lower()
+        if self._active_until.get(key, 0.0) > time.monotonic():
+            return MailboxState.ACTIVE
+        # Sessions that ask for the same address meanwhile share the one query: when the entry
+        # expires under load, twenty sessions would otherwise open twenty pool connections at once.
+        pending = self._lookups.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._look_up(key, address))
+            self._lookups[key] = pending
+            pending.add_done_callback(lambda _: self._lookups.pop(key, None))
+        return await asyncio.shield(pending)
+
+    async def _look_up(self, key: str, address: str) -> MailboxState | None:
+        status = await self._store.mailbox_status(address)
+        state = None if status is None else MailboxState(status.value)
+        if state is MailboxState.ACTIVE and self._active_ttl > 0:
+            if len(self._active_until) >= _ACTIVE_CACHE_MAX:
+                self._active_until.clear()
+            self._active_until[key] = time.monotonic() + self._active_ttl
+        else:
+            self._active_until.pop(key, None)
+        return state
 
     async def exchange_decision(self, sender: str | None, recipient: str) -> Verdict | None:
         # Bounces (null sender) answer an earlier exchange: nothing for the directory to judge.
@@ -207,7 +303,7 @@ class AuditAdapter:
         self._audit = audit
         self._metrics = metrics
 
-    def _count(self, event: SmtpAuditEvent) -> None:
+    def count(self, event: SmtpAuditEvent) -> None:
         if self._metrics is None:
             return
         if event.event in ("message.accepted", "message.refused") and event.stage == "data":
@@ -218,11 +314,11 @@ class AuditAdapter:
             self._metrics.tls_handshake_failures.labels(event.listener, event.reason[:40]).inc()
 
     def record(self, event: SmtpAuditEvent) -> None:
-        self._count(event)
+        self.count(event)
         self._audit.record(smtp_audit_event(event))
 
     async def record_durable(self, event: SmtpAuditEvent) -> None:
-        self._count(event)
+        self.count(event)
         await self._audit.record_durable(smtp_audit_event(event))
 
 

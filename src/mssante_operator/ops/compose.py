@@ -33,6 +33,7 @@ from mssante_operator.ops.adapters import (
     DirectoryListingAdapter,
     DirectoryService,
     DsnSender,
+    GroupCommitSink,
     InboundTrust,
     OutboundTrust,
     PkiPeerVerifier,
@@ -61,6 +62,7 @@ from mssante_operator.smtp.inbound import InboundPorts
 from mssante_operator.smtp.service import InboundSmtpService
 from mssante_operator.store import create_engine, session_factory
 from mssante_operator.store.crypto import KeyFileError, MasterKey
+from mssante_operator.store.groupcommit import DeliveryWriter
 from mssante_operator.store.mailstore import MailStore
 from mssante_operator.store.pgnotify import PgChangeRelay
 from mssante_operator.trust.refresher import TrustRefresher
@@ -158,12 +160,18 @@ def build_application(settings: Settings, config_path: Path | None = None) -> Ap
             dsn.on_queued = relay.wake
             app.add_service(relay)
         if settings.smtp_inbound.enabled:
+            audit_adapter = AuditAdapter(audit, components.metrics)
+            # Group commit: concurrent sessions' messages and their audit records share one
+            # transaction and one fsync. Added before the listener, so it stops after it.
+            writer = DeliveryWriter(mailstore, engine, master_key, journal=audit.journal)
+            app.add_service(writer)
             ports = InboundPorts(
                 peer_verifier=PkiPeerVerifier(holder),
                 trust=InboundTrust(trust_store),
                 directory=StoreRecipients(mailstore, directory),
                 sink=StoreSink(mailstore, dsn, settings.instance.hostname),
-                audit=AuditAdapter(audit, components.metrics),
+                audit=audit_adapter,
+                accepted=GroupCommitSink(writer, audit, audit_adapter, dsn, settings.instance.hostname),
             )
             app.add_service(InboundSmtpService(settings, ports, _inbound_tls_context))
             wired.add("smtp_inbound")

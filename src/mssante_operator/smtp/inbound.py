@@ -29,6 +29,7 @@ from mssante_operator.smtp.policy import (
     starttls_decision,
 )
 from mssante_operator.smtp.ports import (
+    AcceptedSink,
     AuditSink,
     InboundMessage,
     MailboxState,
@@ -55,6 +56,8 @@ class InboundPorts:
     directory: RecipientDirectory
     sink: MessageSink
     audit: AuditSink
+    # When set, accepted messages go here instead: message and audit record in one group commit.
+    accepted: AcceptedSink | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +261,8 @@ class InboundSmtp(MssSmtp):
             received_at=now,
         )
         addresses = tuple(r.address for r in recipients)
+        if self.ports.accepted is not None:
+            return await self._deliver_with_audit(self.ports.accepted, message, addresses)
         try:
             receipt = await self.ports.sink.store(message)
         except Exception as exc:
@@ -292,6 +297,42 @@ class InboundSmtp(MssSmtp):
             "accepted",
             queue_id=receipt.queue_id,
             mail_from=transaction.mail_from,
+            recipients=list(addresses),
+            size=len(message.raw),
+        )
+        return reply
+
+    async def _deliver_with_audit(
+        self, sink: AcceptedSink, message: InboundMessage, addresses: tuple[str, ...]
+    ) -> SmtpReply:
+        # The queue id is ours, so the acceptance record can be written with the message itself.
+        reply = accepted_reply(message.queue_id)
+        event = self._event(
+            "data",
+            "accepted",
+            "ok",
+            reply,
+            mail_from=message.mail_from,
+            recipients=addresses,
+            queue_id=message.queue_id,
+            size=len(message.raw),
+        )
+        try:
+            await sink.store_accepted(message, event)
+        except Exception as exc:
+            self._log.error("storing the message failed", queue_id=message.queue_id, error=repr(exc))
+            await self.refused(
+                "data",
+                Decision.refuse(STORAGE_FAILED, "storage_failed"),
+                mail_from=message.mail_from,
+                recipients=addresses,
+                size=len(message.raw),
+            )
+            return STORAGE_FAILED
+        self._log.info(
+            "accepted",
+            queue_id=message.queue_id,
+            mail_from=message.mail_from,
             recipients=list(addresses),
             size=len(message.raw),
         )

@@ -126,6 +126,14 @@ class MessageSink(Protocol):
         ...
 
 
+class AcceptedSink(Protocol):
+    async def store_accepted(self, message: InboundMessage, event: SmtpAuditEvent) -> StoreReceipt:
+        """Commit the message to every recipient's INBOX and `event` (its acceptance record) to the
+        audit trail in one durable transaction (fsynced) before returning; raise if either fails.
+        Implementations may group several sessions' messages into one commit."""
+        ...
+
+
 class AuditSink(Protocol):
     def record(self, event: SmtpAuditEvent) -> None:
         """Queue an audit record; must not block."""

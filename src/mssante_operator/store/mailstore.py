@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, case, delete, exists, func, select, update
+from sqlalchemy import and_, bindparam, case, delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -52,6 +52,9 @@ from mssante_operator.store.notify import ChangeHub, ChangeKind, MailboxChange
 log = get_logger(__name__)
 
 INBOX = "INBOX"
+_MAILBOX_STATUS = select(Mailbox.__table__.c.status).where(
+    Mailbox.__table__.c.address == bindparam("address")
+)
 
 
 class FolderSpec(NamedTuple):
@@ -456,6 +459,15 @@ class MailStore:
         addr = normalize_address(address)
         async with self._read() as session:
             return await session.scalar(select(Mailbox).where(Mailbox.address == addr))
+
+    async def mailbox_status(self, address: str) -> MailboxStatus | None:
+        """The status of the mailbox at `address`, None when there is none: the SMTP RCPT check,
+        one column through Core (no ORM object) because it runs for every recipient."""
+        addr = normalize_address(address)
+        async with self._read() as session:
+            conn = await session.connection()
+            value = await conn.scalar(_MAILBOX_STATUS, {"address": addr})
+        return None if value is None else MailboxStatus(value)
 
     async def list_mailboxes(self, domain: str | None = None) -> list[Mailbox]:
         query = select(Mailbox).order_by(Mailbox.address)

@@ -4,6 +4,11 @@ Every connection is STARTTLS with this operator's certificate as client certific
 certificate must pass `OutboundTrust.check_peer` (IGC-Santé chain, CRL, DN bound to the recipient
 domain in the trust list) before a single envelope command is sent. A peer that fails any check
 gets nothing: the entry is deferred and retried (the peer may fix its certificate) until expiry.
+
+A session that passed those checks is kept open for the next entries to the same peer
+(`relay.connections`): each reuse checks the trust list binding of that entry's domain again and
+starts with RSET; chain and CRL are checked again on the next new connection (at most
+`connection_max_age` later).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mssante_operator.config import Settings
 from mssante_operator.ops.logging import get_logger
+from mssante_operator.relay.connections import PeerConnection, PeerConnections
 from mssante_operator.relay.dsn import DsnAction, DsnRecipient, DsnReport, build_dsn
 from mssante_operator.relay.outcome import Settlement, settle, status_for_reply
 from mssante_operator.relay.queue import (
@@ -53,6 +59,10 @@ class OutboundTrust(Protocol):
     async def domain_allowed(self, domain: str) -> TrustVerdict: ...
 
     async def check_peer(self, domain: str, peer_der: bytes | None) -> TrustVerdict: ...
+
+    async def check_binding(self, domain: str, peer_subject: str) -> TrustVerdict:
+        """The trust list's binding of `domain` to an already validated peer DN (cached sessions)."""
+        ...
 
 
 class RelayObserver(Protocol):
@@ -105,6 +115,9 @@ class RelayWorker:
         poll_interval: float = 5.0,
         lease: timedelta = timedelta(minutes=10),
         command_timeout: float = 60.0,
+        connections_per_peer: int = 5,
+        connection_idle_timeout: float = 10.0,
+        connection_max_age: float = 300.0,
     ) -> None:
         self._sessions = sessions
         self._read_body = read_body
@@ -126,6 +139,16 @@ class RelayWorker:
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self._tls: ssl.SSLContext | None = None
+        self._connections = PeerConnections(
+            per_peer=connections_per_peer,
+            idle_timeout=connection_idle_timeout,
+            max_age=connection_max_age,
+        )
+
+    @property
+    def connections(self) -> PeerConnections:
+        return self._connections
 
     # -- service --------------------------------------------------------------------------
 
@@ -147,11 +170,17 @@ class RelayWorker:
                 task.cancel()
             # A cancelled delivery keeps its lease and is retried by whoever holds the queue next.
             await asyncio.gather(*pending, return_exceptions=True)
+        await self._connections.close_all()
 
     async def reload(self, settings: Settings) -> None:
         """Routes and the retry schedule apply from the next attempt."""
         self.transport_map = dict(settings.relay.transport)
         self.schedule = schedule_from_settings(settings.relay)
+        self._connections.idle_timeout = settings.relay.connection_idle_seconds
+        self._connections.max_age = settings.relay.connection_max_age_seconds
+        # New connections take a fresh TLS context (certificates may have been renewed); cached
+        # sessions keep theirs until they expire (at most connection_max_age).
+        self._tls = None
         log.info("relay reloaded", routes=len(self.transport_map))
 
     def wake(self) -> None:
@@ -165,6 +194,7 @@ class RelayWorker:
             except Exception:
                 log.exception("relay loop error")
                 claimed = 0
+            self._connections.expire()
             if claimed:
                 continue
             self._wakeup.clear()
@@ -315,7 +345,43 @@ class RelayWorker:
     async def _send_via(
         self, hop: RouteHop, item: QueueItem, recipients: Sequence[QueuedRecipient], body: bytes
     ) -> HopResult:
-        context = self._tls_context()
+        key = (hop.host, hop.port)
+        async with self._connections.slot(key):
+            conn, error = await self._session_for(hop, item)
+            if conn is None:
+                return HopResult({}, None, False, connection_error=error)
+            keep = False
+            try:
+                result, keep = await self._transaction(conn, hop, item, recipients, body)
+                return result
+            finally:
+                # Back to the cache before the caller's commit, so the next entry can use it now.
+                if keep:
+                    self._connections.put(conn)
+                else:
+                    self._connections.drop(conn)
+
+    async def _session_for(self, hop: RouteHop, item: QueueItem) -> tuple[PeerConnection | None, str]:
+        """A verified session to `hop` for this entry: a cached one still alive, else a new one."""
+        key = (hop.host, hop.port)
+        while (conn := self._connections.take(key)) is not None:
+            # The certificate was checked when this connection was opened; the trust list may have
+            # changed since, and it binds the DN to *this entry's* domain: checked again each time.
+            verdict = await self._trust.check_binding(item.recipient_domain, conn.subject)
+            if not verdict.allowed:
+                self._connections.drop(conn)
+                return None, f"peer certificate refused: {verdict.reason}"
+            try:
+                # The peer may have closed it meanwhile (its own idle timeout): RSET tells, and
+                # starts the transaction from a clean state.
+                await conn.client.rset(timeout=min(self._timeout, 10.0))
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                self._connections.drop(conn)
+                continue
+            return conn, ""
+        return await self._open(hop, item)
+
+    async def _open(self, hop: RouteHop, item: QueueItem) -> tuple[PeerConnection | None, str]:
         client = aiosmtplib.SMTP(
             hostname=hop.host,
             port=hop.port,
@@ -326,25 +392,45 @@ class RelayWorker:
         )
         try:
             await client.connect()
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            return HopResult({}, None, False, connection_error=f"connect failed: {exc}")
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            client.close()
+            return None, f"connect failed: {exc}"
+        conn = PeerConnection((hop.host, hop.port), client, "", self._connections.now())
         try:
             await client.ehlo()
             if not client.supports_extension("starttls"):
-                return HopResult({}, None, False, connection_error="peer does not offer STARTTLS")
+                self._connections.drop(conn)
+                return None, "peer does not offer STARTTLS"
             try:
-                await client.starttls(tls_context=context, server_hostname=hop.host)
+                await client.starttls(tls_context=self._client_context(), server_hostname=hop.host)
             except (aiosmtplib.SMTPException, ssl.SSLError, OSError) as exc:
-                return HopResult({}, None, False, connection_error=f"TLS handshake failed: {exc}")
+                self._connections.drop(conn)
+                return None, f"TLS handshake failed: {exc}"
             ssl_object = client.get_transport_info("ssl_object")
             der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
             verdict = await self._trust.check_peer(item.recipient_domain, der)
             if not verdict.allowed:
-                return HopResult(
-                    {}, None, False, connection_error=f"peer certificate refused: {verdict.reason}"
-                )
-            peer = verdict.peer_subject or hop.host
+                self._connections.drop(conn)
+                return None, f"peer certificate refused: {verdict.reason}"
+            conn.subject = verdict.peer_subject or hop.host
             await client.ehlo()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            self._connections.drop(conn)
+            return None, f"session failed: {exc}"
+        self._connections.opened_one()
+        return conn, ""
+
+    async def _transaction(
+        self,
+        conn: PeerConnection,
+        hop: RouteHop,
+        item: QueueItem,
+        recipients: Sequence[QueuedRecipient],
+        body: bytes,
+    ) -> tuple[HopResult, bool]:
+        """One MAIL..DATA transaction; the flag says whether the session is fit for the next one."""
+        client, peer = conn.client, conn.subject
+        try:
             dsn = client.supports_extension("dsn")
             mail_options = []
             if client.supports_extension("size"):
@@ -356,9 +442,10 @@ class RelayWorker:
                     mail_options.append(f"RET={item.ret}")
                 if item.envid:
                     mail_options.append(f"ENVID={xtext(item.envid)}")
-            response = await client.mail(item.mail_from, options=mail_options)
+            await client.mail(item.mail_from, options=mail_options)
             results: dict[int, RecipientResult] = {}
             accepted: list[QueuedRecipient] = []
+            keep = True
             for recipient in recipients:
                 options = []
                 if dsn:
@@ -373,6 +460,8 @@ class RelayWorker:
                     results[recipient.id] = RecipientResult(
                         status_for_reply(exc.code), _reply(exc.code, exc.message)
                     )
+                    # 421: the peer is closing the session.
+                    keep = keep and exc.code != 421
                     continue
                 accepted.append(recipient)
                 results[recipient.id] = RecipientResult(
@@ -385,25 +474,24 @@ class RelayWorker:
                     text = _reply(response.code, response.message)
                 except aiosmtplib.SMTPDataError as exc:
                     status, text = status_for_reply(exc.code), _reply(exc.code, exc.message)
+                    keep = False
                 for recipient in accepted:
                     results[recipient.id] = RecipientResult(status, text)
-            else:
+            elif keep:
                 await client.rset()
-            return HopResult(results, peer, dsn)
-        except aiosmtplib.SMTPSenderRefused as exc:
+            return HopResult(results, peer, dsn), keep
+        except aiosmtplib.SMTPResponseException as exc:  # MAIL refused, or a reply out of place
             status = status_for_reply(exc.code)
             text = _reply(exc.code, exc.message)
-            return HopResult({r.id: RecipientResult(status, text) for r in recipients}, hop.host, False)
-        except aiosmtplib.SMTPResponseException as exc:
-            status = status_for_reply(exc.code)
-            text = _reply(exc.code, exc.message)
-            return HopResult({r.id: RecipientResult(status, text) for r in recipients}, hop.host, False)
+            return HopResult({r.id: RecipientResult(status, text) for r in recipients}, peer, False), False
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            return HopResult({}, None, False, connection_error=f"session failed: {exc}")
-        finally:
-            with contextlib.suppress(Exception):
-                await client.quit()
-            client.close()
+            return HopResult({}, None, False, connection_error=f"session failed: {exc}"), False
+
+    def _client_context(self) -> ssl.SSLContext:
+        # Loading the CA bundle and our key pair costs milliseconds: once per worker (and reload).
+        if self._tls is None:
+            self._tls = self._tls_context()
+        return self._tls
 
 
 def _status_code(reply: str, action: DsnAction) -> str:

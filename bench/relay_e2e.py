@@ -43,6 +43,11 @@ def _cpu_seconds(op: object) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _field_pct(events: list[dict[str, object]], name: str, share: float) -> float | None:
+    values = [float(v) for e in events if isinstance(v := e.get(name), int | float)]
+    return round(pct(values, share), 1) if values else None
+
+
 def pct(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
@@ -51,7 +56,7 @@ def pct(values: list[float], share: float) -> float:
 def _profile(pid: int, out: Path) -> subprocess.Popen[bytes]:
     py_spy = Path(sys.executable).with_name("py-spy")
     return subprocess.Popen(
-        [str(py_spy), "record", "--pid", str(pid), "--format", "speedscope", "--rate", "200", "-o", str(out)],
+        [str(py_spy), "record", "--pid", str(pid), "--format", "speedscope", "--rate", "100", "-o", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -113,6 +118,7 @@ async def run(messages: int, rate: float, poll: float, profile: Path | None = No
                     arrived = created if created.tzinfo else created.replace(tzinfo=UTC)
                     if mid in sent:
                         latencies.append((arrived - sent[mid]).total_seconds())
+            attempts = [e for e in a.proc.events() if e.get("event") == "relay attempt"]
             cpu = {name: round(_cpu_seconds(op) - cpu_before[name], 2) for name, op in (("a", a), ("b", b))}
         finally:
             for spy in spies:
@@ -128,6 +134,13 @@ async def run(messages: int, rate: float, poll: float, profile: Path | None = No
         "latency_ms_p50": round(pct(latencies, 0.5) * 1e3, 1) if latencies else None,
         "latency_ms_p99": round(pct(latencies, 0.99) * 1e3, 1) if latencies else None,
         "latency_ms_max": round(max(latencies) * 1e3, 1) if latencies else None,
+        # A's side of each attempt (from its log): the peer's transaction (session from the cache
+        # or a new one, MAIL..DATA, i.e. including B's inbound work up to its 250) and the whole
+        # attempt (plus trust/route checks, body read, and A's own commit of the outcome).
+        "a_send_ms_p50": _field_pct(attempts, "send_ms", 0.5),
+        "a_send_ms_p99": _field_pct(attempts, "send_ms", 0.99),
+        "a_attempt_ms_p50": _field_pct(attempts, "attempt_ms", 0.5),
+        "a_attempt_ms_p99": _field_pct(attempts, "attempt_ms", 0.99),
         "cpu_s_per_message_a": round(cpu["a"] / max(1, len(latencies)), 4),
         "cpu_s_per_message_b": round(cpu["b"] / max(1, len(latencies)), 4),
         "load_average": round(os.getloadavg()[0], 1),

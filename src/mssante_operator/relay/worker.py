@@ -18,6 +18,7 @@ import contextlib
 import os
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -235,6 +236,8 @@ class RelayWorker:
     # -- one entry ------------------------------------------------------------------------
 
     async def deliver(self, item: QueueItem, now: datetime | None = None) -> Settlement:
+        started = time.perf_counter()
+        send_ms = 0.0
         pending = item.pending_recipients
         domain = item.recipient_domain
         peer: str | None = None
@@ -258,7 +261,9 @@ class RelayWorker:
             for hop in hops:
                 if body is None:
                     body = await self._read_body(item.id)
+                sending = time.perf_counter()
                 attempt = await self._send_via(hop, item, pending, body)
+                send_ms += (time.perf_counter() - sending) * 1e3
                 if attempt.connection_error is not None:
                     errors.append(f"{hop.host}:{hop.port}: {attempt.connection_error}")
                     continue
@@ -303,6 +308,9 @@ class RelayWorker:
             deferred=sum(r.status is RecipientStatus.DEFERRED for r in settlement.results.values()),
             failed=sum(r.status is RecipientStatus.FAILED for r in settlement.results.values()),
             next_attempt=settlement.next_attempt_at.isoformat() if settlement.next_attempt_at else None,
+            # Where the time went: the peer's transaction(s) within the whole attempt.
+            send_ms=round(send_ms, 1),
+            attempt_ms=round((time.perf_counter() - started) * 1e3, 1),
         )
         return settlement
 

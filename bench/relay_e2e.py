@@ -78,7 +78,7 @@ async def run(messages: int, rate: float, poll: float, profile: Path | None = No
         spies: list[subprocess.Popen[bytes]] = []
         if profile is not None:
             os.makedirs(profile, exist_ok=True)
-            for name, op in (("a", a), ("b", b)):
+            for name, op in (("a", a), ("b", b))[: 1 if os.environ.get("RELAY_E2E_PROFILE_A_ONLY") else 2]:
                 assert op.proc.proc is not None
                 spies.append(_profile(op.proc.proc.pid, profile / f"{name}.speedscope.json"))
         cpu_before = {name: _cpu_seconds(op) for name, op in (("a", a), ("b", b))}

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -103,6 +104,22 @@ def _item(entry: QueueEntry) -> QueueItem:
     )
 
 
+def _due(now: datetime) -> tuple[Any, ...]:
+    return (
+        QueueEntry.status == QueueStatus.PENDING,
+        QueueEntry.next_attempt_at <= now,
+        or_(QueueEntry.locked_until.is_(None), QueueEntry.locked_until < now),
+    )
+
+
+async def any_due(sessions: async_sessionmaker[AsyncSession], *, now: datetime) -> bool:
+    """Whether `claim_due` would find something: a plain read, so that an idle worker's polls take
+    no write lock (on SQLite, BEGIN IMMEDIATE would contend with every writer of the store)."""
+    async with sessions() as session:
+        found = await session.scalar(select(QueueEntry.id).where(*_due(now)).limit(1))
+        return found is not None
+
+
 async def claim_due(
     sessions: async_sessionmaker[AsyncSession],
     *,
@@ -115,11 +132,7 @@ async def claim_due(
     async with _write(sessions) as session:
         query = (
             select(QueueEntry.id)
-            .where(
-                QueueEntry.status == QueueStatus.PENDING,
-                QueueEntry.next_attempt_at <= now,
-                or_(QueueEntry.locked_until.is_(None), QueueEntry.locked_until < now),
-            )
+            .where(*_due(now))
             .order_by(QueueEntry.next_attempt_at, QueueEntry.id)
             .limit(limit)
         )

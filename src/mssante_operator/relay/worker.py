@@ -37,6 +37,7 @@ from mssante_operator.relay.queue import (
     QueuedRecipient,
     QueueItem,
     RecipientResult,
+    any_due,
     claim_due,
     record_attempt,
 )
@@ -141,6 +142,7 @@ class RelayWorker:
         self._loop_task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._tls: ssl.SSLContext | None = None
+        self._more = False
         self._connections = PeerConnections(
             per_peer=connections_per_peer,
             idle_timeout=connection_idle_timeout,
@@ -190,22 +192,29 @@ class RelayWorker:
 
     async def _loop(self) -> None:
         while not self._stopping:
+            # Cleared before looking, so that a wake-up during the look is not lost.
+            self._wakeup.clear()
             try:
-                claimed = await self.run_once(wait=False)
+                claimed = await self.run_once(wait=False, probe=True)
             except Exception:
                 log.exception("relay loop error")
                 claimed = 0
             self._connections.expire()
             if claimed:
                 continue
-            self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_interval)
 
-    async def run_once(self, *, wait: bool = True, now: datetime | None = None) -> int:
-        """Claim what is due and start delivering it; with `wait`, return when all is done."""
+    async def run_once(self, *, wait: bool = True, now: datetime | None = None, probe: bool = False) -> int:
+        """Claim what is due and start delivering it; with `wait`, return when all is done.
+
+        `probe`: look with a plain read first, and claim (a write transaction) only if something
+        is due; the loop's polls do so.
+        """
         free = self._batch - len(self._inflight)
         if free <= 0:
+            return 0
+        if probe and not await any_due(self._sessions, now=now or datetime.now(UTC)):
             return 0
         items = await claim_due(
             self._sessions,
@@ -218,11 +227,18 @@ class RelayWorker:
         for item in items:
             task = asyncio.create_task(self._guarded(item), name=f"relay-{item.queue_id}")
             self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+            task.add_done_callback(self._finished)
             tasks.append(task)
+        # A full batch may have left due entries behind: look again as soon as a slot frees.
+        self._more = len(items) == free
         if wait and tasks:
             await asyncio.gather(*tasks)
         return len(items)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if self._more:
+            self._wakeup.set()
 
     async def _guarded(self, item: QueueItem) -> None:
         async with self._concurrency:

@@ -519,3 +519,51 @@ async def test_reuse_disabled_opens_a_session_per_entry(
     await worker.run_once()
     assert peer.connections == 3 and len(peer.received) == 3
     await worker.connections.close_all()
+
+
+async def test_outcomes_are_written_together_and_a_lost_lease_is_reported(engine: AsyncEngine) -> None:
+    from mssante_operator.relay.queue import AttemptRecord, RecipientResult, record_attempts
+
+    sessions = session_factory(engine)
+    ids = [await _queue(sessions, [(f"dr{n}@b.mssante.test", None)], queue_id=f"QS{n}") for n in range(3)]
+    now = datetime.now(UTC)
+    claimed = await claim_due(sessions, worker="w1", now=now, limit=2, lease=timedelta(minutes=10))
+    assert [i.id for i in claimed] == ids[:2]
+    records = [
+        AttemptRecord(
+            item.id,
+            {item.recipients[0].id: RecipientResult(RecipientStatus.DELIVERED, "250 ok")},
+            QueueStatus.DONE,
+            None,
+            None,
+        )
+        for item in claimed
+    ]
+    # The third entry was never claimed by w1: its outcome is refused, the others are written.
+    third = await get_item(sessions, str(ids[2]))
+    records.append(
+        AttemptRecord(
+            ids[2],
+            {third.recipients[0].id: RecipientResult(RecipientStatus.DELIVERED, "250 ok")},
+            QueueStatus.DONE,
+            None,
+            None,
+        )
+    )
+    assert await record_attempts(sessions, records, worker="w1") == [True, True, False]
+    statuses = [(await get_item(sessions, str(i))).status for i in ids]
+    assert statuses == [QueueStatus.DONE, QueueStatus.DONE, QueueStatus.PENDING]
+
+
+async def test_concurrent_deliveries_share_commits(
+    engine: AsyncEngine, dev_pki: DevPki, peer: CountingPeer
+) -> None:
+    sessions = session_factory(engine)
+    ids = [await _queue(sessions, [(f"dr{n}@b.mssante.test", None)], queue_id=f"QS{n}") for n in range(8)]
+    worker = _worker(engine, dev_pki, _trust(dev_pki, peer), peer.port, [], connections_per_peer=4)
+    assert await worker.run_once() == 8
+    assert len(peer.received) == 8
+    for entry_id in ids:
+        item = await get_item(sessions, str(entry_id))
+        assert item.status is QueueStatus.DONE and item.attempts == 1 and item.locked_by is None
+    await worker.connections.close_all()

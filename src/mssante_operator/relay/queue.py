@@ -163,6 +163,19 @@ class RecipientResult:
     reply: str
 
 
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One delivery attempt's outcome, as `record_attempt` writes it."""
+
+    entry_id: int
+    results: Mapping[int, RecipientResult]
+    status: QueueStatus
+    next_attempt_at: datetime | None
+    last_error: str | None
+    delay_notified: bool | None = None
+    dsn_sent_for: Sequence[int] = ()
+
+
 async def record_attempt(
     sessions: async_sessionmaker[AsyncSession],
     entry_id: int,
@@ -176,32 +189,48 @@ async def record_attempt(
     dsn_sent_for: Sequence[int] = (),
 ) -> bool:
     """Write one delivery attempt's outcome and release the lease. False if the lease was lost."""
+    record = AttemptRecord(
+        entry_id, results, status, next_attempt_at, last_error, delay_notified, dsn_sent_for
+    )
+    return (await record_attempts(sessions, [record], worker=worker))[0]
+
+
+async def record_attempts(
+    sessions: async_sessionmaker[AsyncSession], records: Sequence[AttemptRecord], *, worker: str
+) -> list[bool]:
+    """Several attempts' outcomes in one transaction (one commit, one fsync); per record, False
+    if its lease was lost."""
     async with _write(sessions) as session:
-        entry = await session.get(QueueEntry, entry_id, with_for_update=True)
-        if entry is None or entry.locked_by != worker:
-            return False
-        for recipient_id, result in results.items():
-            await session.execute(
-                update(QueueRecipient)
-                .where(QueueRecipient.id == recipient_id, QueueRecipient.entry_id == entry_id)
-                .values(status=result.status, last_reply=result.reply[:2000])
-            )
-        if dsn_sent_for:
-            await session.execute(
-                update(QueueRecipient)
-                .where(QueueRecipient.id.in_(list(dsn_sent_for)), QueueRecipient.entry_id == entry_id)
-                .values(dsn_sent=True)
-            )
-        entry.attempts += 1
-        entry.status = status
-        if next_attempt_at is not None:
-            entry.next_attempt_at = next_attempt_at
-        entry.last_error = last_error
-        if delay_notified is not None:
-            entry.delay_notified = delay_notified
-        entry.locked_by = None
-        entry.locked_until = None
-        return True
+        return [await _record(session, record, worker) for record in records]
+
+
+async def _record(session: AsyncSession, record: AttemptRecord, worker: str) -> bool:
+    entry_id = record.entry_id
+    entry = await session.get(QueueEntry, entry_id, with_for_update=True)
+    if entry is None or entry.locked_by != worker:
+        return False
+    for recipient_id, result in record.results.items():
+        await session.execute(
+            update(QueueRecipient)
+            .where(QueueRecipient.id == recipient_id, QueueRecipient.entry_id == entry_id)
+            .values(status=result.status, last_reply=result.reply[:2000])
+        )
+    if record.dsn_sent_for:
+        await session.execute(
+            update(QueueRecipient)
+            .where(QueueRecipient.id.in_(list(record.dsn_sent_for)), QueueRecipient.entry_id == entry_id)
+            .values(dsn_sent=True)
+        )
+    entry.attempts += 1
+    entry.status = record.status
+    if record.next_attempt_at is not None:
+        entry.next_attempt_at = record.next_attempt_at
+    entry.last_error = record.last_error
+    if record.delay_notified is not None:
+        entry.delay_notified = record.delay_notified
+    entry.locked_by = None
+    entry.locked_until = None
+    return True
 
 
 async def list_items(

@@ -34,12 +34,13 @@ from mssante_operator.relay.connections import PeerConnection, PeerConnections
 from mssante_operator.relay.dsn import DsnAction, DsnRecipient, DsnReport, build_dsn
 from mssante_operator.relay.outcome import Settlement, settle, status_for_reply
 from mssante_operator.relay.queue import (
+    AttemptRecord,
     QueuedRecipient,
     QueueItem,
     RecipientResult,
     any_due,
     claim_due,
-    record_attempt,
+    record_attempts,
 )
 from mssante_operator.relay.routing import RouteHop, RoutingError, resolve_route
 from mssante_operator.relay.schedule import RetrySchedule, schedule_from_settings
@@ -143,6 +144,7 @@ class RelayWorker:
         self._inflight: set[asyncio.Task[None]] = set()
         self._tls: ssl.SSLContext | None = None
         self._more = False
+        self._recorder = _GroupRecorder(sessions, self.worker_id)
         self._connections = PeerConnections(
             per_peer=connections_per_peer,
             idle_timeout=connection_idle_timeout,
@@ -303,16 +305,16 @@ class RelayWorker:
                 {r.reply for r in settlement.results.values() if r.status is not RecipientStatus.DELIVERED}
             )
         )
-        await record_attempt(
-            self._sessions,
-            item.id,
-            worker=self.worker_id,
-            results=settlement.results,
-            status=settlement.status,
-            next_attempt_at=settlement.next_attempt_at,
-            last_error=errors_text or None,
-            delay_notified=settlement.delay_notified,
-            dsn_sent_for=dsn_ids,
+        await self._recorder.record(
+            AttemptRecord(
+                item.id,
+                settlement.results,
+                settlement.status,
+                settlement.next_attempt_at,
+                errors_text or None,
+                settlement.delay_notified,
+                dsn_ids,
+            )
         )
         log.info(
             "relay attempt",
@@ -516,6 +518,46 @@ class RelayWorker:
         if self._tls is None:
             self._tls = self._tls_context()
         return self._tls
+
+
+class _GroupRecorder:
+    """Attempt outcomes written by one task, as many per transaction as have arrived meanwhile:
+    concurrent deliveries share a commit (an fsync each on SQLite) instead of queueing for the
+    write lock one by one, which also delays the next claims."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], worker: str) -> None:
+        self._sessions = sessions
+        self._worker = worker
+        self._pending: list[tuple[AttemptRecord, asyncio.Future[bool]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def record(self, record: AttemptRecord) -> bool:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((record, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="relay-record")
+        # Shielded: a delivery cancelled at shutdown still gets its outcome written.
+        return await asyncio.shield(future)
+
+    async def _run(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            records = [record for record, _ in batch]
+            try:
+                outcomes = await record_attempts(self._sessions, records, worker=self._worker)
+            except Exception:
+                # One bad record must not lose the others: each on its own.
+                outcomes = []
+                for record, future in batch:
+                    try:
+                        outcomes.extend(await record_attempts(self._sessions, [record], worker=self._worker))
+                    except Exception as exc:
+                        outcomes.append(False)
+                        if not future.done():
+                            future.set_exception(exc)
+            for (_, future), ok in zip(batch, outcomes, strict=True):
+                if not future.done():
+                    future.set_result(ok)
 
 
 def _status_code(reply: str, action: DsnAction) -> str:

@@ -62,7 +62,9 @@ def _profile(pid: int, out: Path) -> subprocess.Popen[bytes]:
     )
 
 
-async def run(messages: int, rate: float, poll: float, profile: Path | None = None) -> dict[str, object]:
+async def run(
+    messages: int, rate: float, poll: float, profile: Path | None = None, reuse: bool = True
+) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="relay-e2e-") as tmp:
         base = Path(tmp)
         pki = DevPki.init(base / "pki", server_hostname="mail.bench.mssante.test")
@@ -70,7 +72,12 @@ async def run(messages: int, rate: float, poll: float, profile: Path | None = No
             base,
             pki,
             b_url=f"sqlite+aiosqlite:///{base / 'b' / 'store.db'}",
-            a_kwargs={"poll_interval": poll},
+            a_kwargs={
+                "poll_interval": poll,
+                # Without reuse: a new session (TCP, STARTTLS, certificate checks) per entry, one
+                # as the relay did before it kept sessions (up to `concurrency` at once).
+                "relay": {} if reuse else {"connection_idle_seconds": 0, "connections_per_peer": 20},
+            },
             b_kwargs={"poll_interval": poll},
         )
         a.serve()
@@ -130,6 +137,7 @@ async def run(messages: int, rate: float, poll: float, profile: Path | None = No
         "messages": messages,
         "delivered": len(latencies),
         "rate_per_s": rate,
+        "session_reuse": reuse,
         "relay_poll_interval_s": poll,
         "latency_ms_p50": round(pct(latencies, 0.5) * 1e3, 1) if latencies else None,
         "latency_ms_p99": round(pct(latencies, 0.99) * 1e3, 1) if latencies else None,
@@ -158,8 +166,12 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, help="record both serve processes with py-spy (speedscope files here)"
     )
+    parser.add_argument(
+        "--no-reuse", action="store_true", help="A opens a new session per entry (the comparison)"
+    )
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.messages, args.rate, args.poll, args.profile)), indent=2))
+    result = asyncio.run(run(args.messages, args.rate, args.poll, args.profile, reuse=not args.no_reuse))
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -74,8 +74,8 @@ async def run(
             b_url=f"sqlite+aiosqlite:///{base / 'b' / 'store.db'}",
             a_kwargs={
                 "poll_interval": poll,
-                # Without reuse: a new session (TCP, STARTTLS, certificate checks) per entry, one
-                # as the relay did before it kept sessions (up to `concurrency` at once).
+                # Without reuse: a new session (TCP, STARTTLS, certificate checks) per entry, as
+                # the relay did before it kept sessions (up to `concurrency` at once).
                 "relay": {} if reuse else {"connection_idle_seconds": 0, "connections_per_peer": 20},
             },
             b_kwargs={"poll_interval": poll},

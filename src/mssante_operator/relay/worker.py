@@ -391,19 +391,22 @@ class RelayWorker:
         """A verified session to `hop` for this entry: a cached one still alive, else a new one."""
         key = (hop.host, hop.port)
         while (conn := self._connections.take(key)) is not None:
-            # The certificate was checked when this connection was opened; the trust list may have
-            # changed since, and it binds the DN to *this entry's* domain: checked again each time.
-            verdict = await self._trust.check_binding(item.recipient_domain, conn.subject)
-            if not verdict.allowed:
-                self._connections.drop(conn)
-                return None, f"peer certificate refused: {verdict.reason}"
             try:
+                # The certificate was checked when this connection was opened; the trust list may
+                # have changed since, and it binds the DN to *this entry's* domain: checked again.
+                verdict = await self._trust.check_binding(item.recipient_domain, conn.subject)
+                if not verdict.allowed:
+                    self._connections.drop(conn)
+                    return None, f"peer certificate refused: {verdict.reason}"
                 # The peer may have closed it meanwhile (its own idle timeout): RSET tells, and
                 # starts the transaction from a clean state.
                 await conn.client.rset(timeout=min(self._timeout, 10.0))
             except (aiosmtplib.SMTPException, OSError, TimeoutError):
                 self._connections.drop(conn)
                 continue
+            except BaseException:
+                self._connections.drop(conn)
+                raise
             return conn, ""
         return await self._open(hop, item)
 
@@ -443,6 +446,9 @@ class RelayWorker:
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             self._connections.drop(conn)
             return None, f"session failed: {exc}"
+        except BaseException:
+            self._connections.drop(conn)
+            raise
         self._connections.opened_one()
         return conn, ""
 

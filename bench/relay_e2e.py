@@ -142,9 +142,14 @@ async def run(
         "latency_ms_p50": round(pct(latencies, 0.5) * 1e3, 1) if latencies else None,
         "latency_ms_p99": round(pct(latencies, 0.99) * 1e3, 1) if latencies else None,
         "latency_ms_max": round(max(latencies) * 1e3, 1) if latencies else None,
-        # A's side of each attempt (from its log): the peer's transaction (session from the cache
-        # or a new one, MAIL..DATA, i.e. including B's inbound work up to its 250) and the whole
-        # attempt (plus trust/route checks, body read, and A's own commit of the outcome).
+        # A's side of each attempt (from its log): from A's commit to the attempt's start (poll,
+        # claim); the transaction MAIL..DATA's 250 (B's inbound work, B's commit included); the
+        # send (plus the wait for a per-peer slot and RSET or a new session); the whole attempt
+        # (plus trust/route checks, body read, and A's own commit of the outcome).
+        "a_queued_ms_p50": _field_pct(attempts, "queued_ms", 0.5),
+        "a_queued_ms_p99": _field_pct(attempts, "queued_ms", 0.99),
+        "a_transaction_ms_p50": _field_pct(attempts, "transaction_ms", 0.5),
+        "a_transaction_ms_p99": _field_pct(attempts, "transaction_ms", 0.99),
         "a_send_ms_p50": _field_pct(attempts, "send_ms", 0.5),
         "a_send_ms_p99": _field_pct(attempts, "send_ms", 0.99),
         "a_attempt_ms_p50": _field_pct(attempts, "attempt_ms", 0.5),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import ssl
@@ -84,6 +85,8 @@ class HopResult:
     peer: str | None
     peer_handles_dsn: bool
     connection_error: str | None = None
+    # MAIL..end of DATA on the session (no wait for a slot or a new session): the peer's share.
+    transaction_ms: float = 0.0
 
 
 def xtext(value: str) -> str:
@@ -255,7 +258,8 @@ class RelayWorker:
 
     async def deliver(self, item: QueueItem, now: datetime | None = None) -> Settlement:
         started = time.perf_counter()
-        send_ms = 0.0
+        queued_ms = (datetime.now(UTC) - item.created_at).total_seconds() * 1e3
+        send_ms = transaction_ms = 0.0
         pending = item.pending_recipients
         domain = item.recipient_domain
         peer: str | None = None
@@ -286,6 +290,7 @@ class RelayWorker:
                     errors.append(f"{hop.host}:{hop.port}: {attempt.connection_error}")
                     continue
                 results, peer, peer_handles_dsn = attempt.results, attempt.peer, attempt.peer_handles_dsn
+                transaction_ms = attempt.transaction_ms
                 break
             else:
                 if hops:
@@ -326,8 +331,11 @@ class RelayWorker:
             deferred=sum(r.status is RecipientStatus.DEFERRED for r in settlement.results.values()),
             failed=sum(r.status is RecipientStatus.FAILED for r in settlement.results.values()),
             next_attempt=settlement.next_attempt_at.isoformat() if settlement.next_attempt_at else None,
-            # Where the time went: the peer's transaction(s) within the whole attempt.
+            # Where the time went: since queued (first attempt), waiting for a session and the
+            # peer's transaction (send), the transaction alone, the whole attempt.
+            queued_ms=round(queued_ms, 1) if item.attempts == 0 else None,
             send_ms=round(send_ms, 1),
+            transaction_ms=round(transaction_ms, 1),
             attempt_ms=round((time.perf_counter() - started) * 1e3, 1),
         )
         return settlement
@@ -378,8 +386,9 @@ class RelayWorker:
                 return HopResult({}, None, False, connection_error=error)
             keep = False
             try:
+                begun = time.perf_counter()
                 result, keep = await self._transaction(conn, hop, item, recipients, body)
-                return result
+                return dataclasses.replace(result, transaction_ms=(time.perf_counter() - begun) * 1e3)
             finally:
                 # Back to the cache before the caller's commit, so the next entry can use it now.
                 if keep:

@@ -78,7 +78,8 @@ async def run(
                 # the relay did before it kept sessions (up to `concurrency` at once).
                 "relay": {} if reuse else {"connection_idle_seconds": 0, "connections_per_peer": 20},
             },
-            b_kwargs={"poll_interval": poll},
+            # B sends nothing here: its relay polls at the production default, not at `--poll`.
+            b_kwargs={"poll_interval": 5.0},
         )
         a.serve()
         b.serve()

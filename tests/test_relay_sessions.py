@@ -567,3 +567,17 @@ async def test_concurrent_deliveries_share_commits(
         item = await get_item(sessions, str(entry_id))
         assert item.status is QueueStatus.DONE and item.attempts == 1 and item.locked_by is None
     await worker.connections.close_all()
+
+
+async def test_idle_probe_sees_due_entries_only(engine: AsyncEngine) -> None:
+    from mssante_operator.relay.queue import any_due
+
+    sessions = session_factory(engine)
+    now = datetime.now(UTC)
+    assert not await any_due(sessions, now=now)
+    await _queue(sessions, [("dr.b@b.mssante.test", None)])
+    assert await any_due(sessions, now=datetime.now(UTC))
+    assert not await any_due(sessions, now=now - timedelta(minutes=1))  # not due yet then
+    await claim_due(sessions, worker="w1", now=datetime.now(UTC), limit=5, lease=timedelta(minutes=10))
+    assert not await any_due(sessions, now=datetime.now(UTC))  # leased
+    assert await any_due(sessions, now=datetime.now(UTC) + timedelta(minutes=11))  # lease ran out

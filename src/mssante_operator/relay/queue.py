@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
@@ -112,12 +112,24 @@ def _due(now: datetime) -> tuple[Any, ...]:
     )
 
 
+# Built once: an idle worker runs it at every poll.
+_ANY_DUE = (
+    select(QueueEntry.id)
+    .where(
+        QueueEntry.status == QueueStatus.PENDING,
+        QueueEntry.next_attempt_at <= bindparam("now"),
+        or_(QueueEntry.locked_until.is_(None), QueueEntry.locked_until < bindparam("now")),
+    )
+    .limit(1)
+)
+
+
 async def any_due(sessions: async_sessionmaker[AsyncSession], *, now: datetime) -> bool:
     """Whether `claim_due` would find something: a plain read, so that an idle worker's polls take
     no write lock (on SQLite, BEGIN IMMEDIATE would contend with every writer of the store)."""
     async with sessions() as session:
-        found = await session.scalar(select(QueueEntry.id).where(*_due(now)).limit(1))
-        return found is not None
+        conn = await session.connection()
+        return (await conn.execute(_ANY_DUE, {"now": now})).first() is not None
 
 
 async def claim_due(

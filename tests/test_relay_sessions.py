@@ -581,3 +581,19 @@ async def test_idle_probe_sees_due_entries_only(engine: AsyncEngine) -> None:
     await claim_due(sessions, worker="w1", now=datetime.now(UTC), limit=5, lease=timedelta(minutes=10))
     assert not await any_due(sessions, now=datetime.now(UTC))  # leased
     assert await any_due(sessions, now=datetime.now(UTC) + timedelta(minutes=11))  # lease ran out
+
+
+async def test_an_old_session_is_not_reused_and_the_next_one_is_checked_in_full(
+    engine: AsyncEngine, dev_pki: DevPki, peer: CountingPeer
+) -> None:
+    sessions = session_factory(engine)
+    await _queue(sessions, [("dr.b@b.mssante.test", None)], queue_id="QS1")
+    trust = _trust(dev_pki, peer)
+    worker = _worker(engine, dev_pki, trust, peer.port, [], connection_max_age=0.3)
+    await worker.run_once()
+    await asyncio.sleep(0.4)
+    await _queue(sessions, [("dr.b@b.mssante.test", None)], queue_id="QS2")
+    await worker.run_once()
+    assert len(peer.received) == 2 and peer.connections == 2
+    assert trust.validations == 2  # chain and CRL again for the new session
+    await worker.connections.close_all()

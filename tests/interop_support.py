@@ -123,6 +123,8 @@ class Operator:
     retry_intervals: Sequence[str] = ("1h",)
     poll_interval: float = 0.2
     inbound: dict[str, Any] = field(default_factory=dict)
+    # Extra [relay] keys (the relay latency bench compares session reuse on and off).
+    relay: dict[str, Any] = field(default_factory=dict)
     require_crl: bool = True
     # Client submission on an implicit-TLS port (issue 5 end-to-end tests).
     submission: bool = False
@@ -159,6 +161,7 @@ class Operator:
     def write_config(self) -> None:
         routes = ", ".join(f"{json.dumps(d)} = {json.dumps(h)}" for d, h in self.routes.items())
         inbound = "".join(f"{k} = {json.dumps(v)}\n" for k, v in self.inbound.items())
+        relay = "".join(f"{k} = {json.dumps(v)}\n" for k, v in self.relay.items())
         intervals = ", ".join(json.dumps(i) for i in self.retry_intervals)
         self.config.write_text(
             f"""
@@ -195,7 +198,7 @@ retry_intervals = [{intervals}]
 retry_repeat = "1h"
 poll_interval_seconds = {self.poll_interval}
 command_timeout_seconds = 20
-
+{relay}
 [trust]
 refresh_interval_hours = 0
 health_max_age_hours = 0

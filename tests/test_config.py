@@ -119,3 +119,28 @@ def test_config_check_fails_clearly(tmp_path: Path) -> None:
     result = _cli("--config", str(path), "config", "check")
     assert result.returncode == 2
     assert "smtp_inbound.port" in result.stderr and str(path) in result.stderr.replace("\n", "")
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("connections_per_peer = 0", r"relay\.connections_per_peer: .*greater than or equal to 1"),
+        ("connection_idle_seconds = -1", r"relay\.connection_idle_seconds: .*greater than or equal to 0"),
+        ("connection_max_age_seconds = 0", r"relay\.connection_max_age_seconds: .*greater than 0"),
+    ],
+)
+def test_relay_session_cache_keys_are_validated(tmp_path: Path, line: str, reason: str) -> None:
+    key = line.split(" = ")[0]
+    path = _dev_with(tmp_path, f"{key} = ", f"{line}\n# ")
+    with pytest.raises(ConfigError, match=reason):
+        load_settings(path)
+
+
+def test_relay_session_cache_keys_reach_the_settings(tmp_path: Path) -> None:
+    path = _dev_with(tmp_path, "connections_per_peer = 5", "connections_per_peer = 2")
+    relay = load_settings(path).relay
+    assert (relay.connections_per_peer, relay.connection_idle_seconds, relay.connection_max_age_seconds) == (
+        2,
+        10.0,
+        300.0,
+    )

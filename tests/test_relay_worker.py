@@ -41,6 +41,7 @@ class DevTrust:
 
     def __init__(self, validator: CertificateValidator, bindings: dict[str, str]) -> None:
         self.validator, self.bindings = validator, bindings
+        self.binding_checks = 0
 
     async def domain_allowed(self, domain: str) -> TrustVerdict:
         if domain in self.bindings:
@@ -52,9 +53,14 @@ class DevTrust:
         result = self.validator.validate(cert, usage=Usage.TLS_SERVER)
         if not result.ok or result.identity is None:
             return TrustVerdict(False, result.detail)
-        if not dn_equal(result.identity.subject_dn, self.bindings[domain]):
-            return TrustVerdict(False, f"{result.identity.subject_dn} is not bound to {domain}")
-        return TrustVerdict(True, "ok", result.identity.subject_dn)
+        return await self.check_binding(domain, result.identity.subject_dn)
+
+    async def check_binding(self, domain: str, peer_subject: str) -> TrustVerdict:
+        self.binding_checks += 1
+        bound = self.bindings.get(domain)
+        if bound is None or not dn_equal(peer_subject, bound):
+            return TrustVerdict(False, f"{peer_subject} is not bound to {domain}")
+        return TrustVerdict(True, "ok", peer_subject)
 
 
 @dataclass

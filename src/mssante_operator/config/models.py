@@ -172,6 +172,21 @@ class RelaySettings(Section):
     concurrency: int = Field(default=20, ge=1, le=1000)
     poll_interval_seconds: float = Field(default=5.0, gt=0)
     command_timeout_seconds: float = Field(default=60.0, gt=0)
+    connections_per_peer: int = Field(
+        default=5, ge=1, le=100, description="sessions open at once to one peer (host:port)"
+    )
+    connection_idle_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="keep a verified session to a peer open this long for the next entry; 0: never",
+    )
+    connection_max_age_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        le=86400,
+        description="a peer session is not reused past this age (its certificate is checked anew)",
+    )
 
     @field_validator("retry_repeat", "give_up_after", "delay_notice_after")
     @classmethod

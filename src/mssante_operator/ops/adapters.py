@@ -383,8 +383,11 @@ class OutboundTrust:
         if not result.ok or result.identity is None:
             return TrustVerdict(False, result.detail)
         subject = result.identity.subject_dn
-        decision = await self._store.outbound_peer_decision(domain, subject)
-        return TrustVerdict(decision.allowed, decision.reason, subject)
+        return await self.check_binding(domain, subject)
+
+    async def check_binding(self, domain: str, peer_subject: str) -> TrustVerdict:
+        decision = await self._store.outbound_peer_decision(domain, peer_subject)
+        return TrustVerdict(decision.allowed, decision.reason, peer_subject)
 
 
 class AuditRelayObserver:

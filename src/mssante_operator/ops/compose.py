@@ -266,6 +266,9 @@ def _relay_worker(
         concurrency=settings.relay.concurrency,
         poll_interval=settings.relay.poll_interval_seconds,
         command_timeout=settings.relay.command_timeout_seconds,
+        connections_per_peer=settings.relay.connections_per_peer,
+        connection_idle_timeout=settings.relay.connection_idle_seconds,
+        connection_max_age=settings.relay.connection_max_age_seconds,
     )
 
 

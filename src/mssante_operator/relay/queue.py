@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
@@ -103,6 +104,34 @@ def _item(entry: QueueEntry) -> QueueItem:
     )
 
 
+def _due(now: datetime) -> tuple[Any, ...]:
+    return (
+        QueueEntry.status == QueueStatus.PENDING,
+        QueueEntry.next_attempt_at <= now,
+        or_(QueueEntry.locked_until.is_(None), QueueEntry.locked_until < now),
+    )
+
+
+# Built once: an idle worker runs it at every poll.
+_ANY_DUE = (
+    select(QueueEntry.id)
+    .where(
+        QueueEntry.status == QueueStatus.PENDING,
+        QueueEntry.next_attempt_at <= bindparam("now"),
+        or_(QueueEntry.locked_until.is_(None), QueueEntry.locked_until < bindparam("now")),
+    )
+    .limit(1)
+)
+
+
+async def any_due(sessions: async_sessionmaker[AsyncSession], *, now: datetime) -> bool:
+    """Whether `claim_due` would find something: a plain read, so that an idle worker's polls take
+    no write lock (on SQLite, BEGIN IMMEDIATE would contend with every writer of the store)."""
+    async with sessions() as session:
+        conn = await session.connection()
+        return (await conn.execute(_ANY_DUE, {"now": now})).first() is not None
+
+
 async def claim_due(
     sessions: async_sessionmaker[AsyncSession],
     *,
@@ -115,11 +144,7 @@ async def claim_due(
     async with _write(sessions) as session:
         query = (
             select(QueueEntry.id)
-            .where(
-                QueueEntry.status == QueueStatus.PENDING,
-                QueueEntry.next_attempt_at <= now,
-                or_(QueueEntry.locked_until.is_(None), QueueEntry.locked_until < now),
-            )
+            .where(*_due(now))
             .order_by(QueueEntry.next_attempt_at, QueueEntry.id)
             .limit(limit)
         )
@@ -150,6 +175,19 @@ class RecipientResult:
     reply: str
 
 
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One delivery attempt's outcome, as `record_attempt` writes it."""
+
+    entry_id: int
+    results: Mapping[int, RecipientResult]
+    status: QueueStatus
+    next_attempt_at: datetime | None
+    last_error: str | None
+    delay_notified: bool | None = None
+    dsn_sent_for: Sequence[int] = ()
+
+
 async def record_attempt(
     sessions: async_sessionmaker[AsyncSession],
     entry_id: int,
@@ -163,32 +201,48 @@ async def record_attempt(
     dsn_sent_for: Sequence[int] = (),
 ) -> bool:
     """Write one delivery attempt's outcome and release the lease. False if the lease was lost."""
+    record = AttemptRecord(
+        entry_id, results, status, next_attempt_at, last_error, delay_notified, dsn_sent_for
+    )
+    return (await record_attempts(sessions, [record], worker=worker))[0]
+
+
+async def record_attempts(
+    sessions: async_sessionmaker[AsyncSession], records: Sequence[AttemptRecord], *, worker: str
+) -> list[bool]:
+    """Several attempts' outcomes in one transaction (one commit, one fsync); per record, False
+    if its lease was lost."""
     async with _write(sessions) as session:
-        entry = await session.get(QueueEntry, entry_id, with_for_update=True)
-        if entry is None or entry.locked_by != worker:
-            return False
-        for recipient_id, result in results.items():
-            await session.execute(
-                update(QueueRecipient)
-                .where(QueueRecipient.id == recipient_id, QueueRecipient.entry_id == entry_id)
-                .values(status=result.status, last_reply=result.reply[:2000])
-            )
-        if dsn_sent_for:
-            await session.execute(
-                update(QueueRecipient)
-                .where(QueueRecipient.id.in_(list(dsn_sent_for)), QueueRecipient.entry_id == entry_id)
-                .values(dsn_sent=True)
-            )
-        entry.attempts += 1
-        entry.status = status
-        if next_attempt_at is not None:
-            entry.next_attempt_at = next_attempt_at
-        entry.last_error = last_error
-        if delay_notified is not None:
-            entry.delay_notified = delay_notified
-        entry.locked_by = None
-        entry.locked_until = None
-        return True
+        return [await _record(session, record, worker) for record in records]
+
+
+async def _record(session: AsyncSession, record: AttemptRecord, worker: str) -> bool:
+    entry_id = record.entry_id
+    entry = await session.get(QueueEntry, entry_id, with_for_update=True)
+    if entry is None or entry.locked_by != worker:
+        return False
+    for recipient_id, result in record.results.items():
+        await session.execute(
+            update(QueueRecipient)
+            .where(QueueRecipient.id == recipient_id, QueueRecipient.entry_id == entry_id)
+            .values(status=result.status, last_reply=result.reply[:2000])
+        )
+    if record.dsn_sent_for:
+        await session.execute(
+            update(QueueRecipient)
+            .where(QueueRecipient.id.in_(list(record.dsn_sent_for)), QueueRecipient.entry_id == entry_id)
+            .values(dsn_sent=True)
+        )
+    entry.attempts += 1
+    entry.status = record.status
+    if record.next_attempt_at is not None:
+        entry.next_attempt_at = record.next_attempt_at
+    entry.last_error = record.last_error
+    if record.delay_notified is not None:
+        entry.delay_notified = record.delay_notified
+    entry.locked_by = None
+    entry.locked_until = None
+    return True
 
 
 async def list_items(

@@ -4,15 +4,22 @@ Every connection is STARTTLS with this operator's certificate as client certific
 certificate must pass `OutboundTrust.check_peer` (IGC-Santé chain, CRL, DN bound to the recipient
 domain in the trust list) before a single envelope command is sent. A peer that fails any check
 gets nothing: the entry is deferred and retried (the peer may fix its certificate) until expiry.
+
+A session that passed those checks is kept open for the next entries to the same peer
+(`relay.connections`): each reuse checks the trust list binding of that entry's domain again and
+starts with RSET; chain and CRL are checked again on the next new connection (at most
+`connection_max_age` later).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,14 +31,17 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mssante_operator.config import Settings
 from mssante_operator.ops.logging import get_logger
+from mssante_operator.relay.connections import PeerConnection, PeerConnections
 from mssante_operator.relay.dsn import DsnAction, DsnRecipient, DsnReport, build_dsn
 from mssante_operator.relay.outcome import Settlement, settle, status_for_reply
 from mssante_operator.relay.queue import (
+    AttemptRecord,
     QueuedRecipient,
     QueueItem,
     RecipientResult,
+    any_due,
     claim_due,
-    record_attempt,
+    record_attempts,
 )
 from mssante_operator.relay.routing import RouteHop, RoutingError, resolve_route
 from mssante_operator.relay.schedule import RetrySchedule, schedule_from_settings
@@ -54,6 +64,10 @@ class OutboundTrust(Protocol):
 
     async def check_peer(self, domain: str, peer_der: bytes | None) -> TrustVerdict: ...
 
+    async def check_binding(self, domain: str, peer_subject: str) -> TrustVerdict:
+        """The trust list's binding of `domain` to an already validated peer DN (cached sessions)."""
+        ...
+
 
 class RelayObserver(Protocol):
     """Told of every recipient outcome (audit trail, metrics)."""
@@ -71,6 +85,8 @@ class HopResult:
     peer: str | None
     peer_handles_dsn: bool
     connection_error: str | None = None
+    # MAIL..end of DATA on the session (no wait for a slot or a new session): the peer's share.
+    transaction_ms: float = 0.0
 
 
 def xtext(value: str) -> str:
@@ -105,6 +121,9 @@ class RelayWorker:
         poll_interval: float = 5.0,
         lease: timedelta = timedelta(minutes=10),
         command_timeout: float = 60.0,
+        connections_per_peer: int = 5,
+        connection_idle_timeout: float = 10.0,
+        connection_max_age: float = 300.0,
     ) -> None:
         self._sessions = sessions
         self._read_body = read_body
@@ -126,6 +145,18 @@ class RelayWorker:
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self._tls: ssl.SSLContext | None = None
+        self._more = False
+        self._recorder = _GroupRecorder(sessions, self.worker_id)
+        self._connections = PeerConnections(
+            per_peer=connections_per_peer,
+            idle_timeout=connection_idle_timeout,
+            max_age=connection_max_age,
+        )
+
+    @property
+    def connections(self) -> PeerConnections:
+        return self._connections
 
     # -- service --------------------------------------------------------------------------
 
@@ -147,11 +178,17 @@ class RelayWorker:
                 task.cancel()
             # A cancelled delivery keeps its lease and is retried by whoever holds the queue next.
             await asyncio.gather(*pending, return_exceptions=True)
+        await self._connections.close_all()
 
     async def reload(self, settings: Settings) -> None:
         """Routes and the retry schedule apply from the next attempt."""
         self.transport_map = dict(settings.relay.transport)
         self.schedule = schedule_from_settings(settings.relay)
+        self._connections.idle_timeout = settings.relay.connection_idle_seconds
+        self._connections.max_age = settings.relay.connection_max_age_seconds
+        # New connections take a fresh TLS context (certificates may have been renewed); cached
+        # sessions keep theirs until they expire (at most connection_max_age).
+        self._tls = None
         log.info("relay reloaded", routes=len(self.transport_map))
 
     def wake(self) -> None:
@@ -160,21 +197,29 @@ class RelayWorker:
 
     async def _loop(self) -> None:
         while not self._stopping:
+            # Cleared before looking, so that a wake-up during the look is not lost.
+            self._wakeup.clear()
             try:
-                claimed = await self.run_once(wait=False)
+                claimed = await self.run_once(wait=False, probe=True)
             except Exception:
                 log.exception("relay loop error")
                 claimed = 0
+            self._connections.expire()
             if claimed:
                 continue
-            self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_interval)
 
-    async def run_once(self, *, wait: bool = True, now: datetime | None = None) -> int:
-        """Claim what is due and start delivering it; with `wait`, return when all is done."""
+    async def run_once(self, *, wait: bool = True, now: datetime | None = None, probe: bool = False) -> int:
+        """Claim what is due and start delivering it; with `wait`, return when all is done.
+
+        `probe`: look with a plain read first, and claim (a write transaction) only if something
+        is due; the loop's polls do so.
+        """
         free = self._batch - len(self._inflight)
         if free <= 0:
+            return 0
+        if probe and not await any_due(self._sessions, now=now or datetime.now(UTC)):
             return 0
         items = await claim_due(
             self._sessions,
@@ -187,11 +232,18 @@ class RelayWorker:
         for item in items:
             task = asyncio.create_task(self._guarded(item), name=f"relay-{item.queue_id}")
             self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+            task.add_done_callback(self._finished)
             tasks.append(task)
+        # A full batch may have left due entries behind: look again as soon as a slot frees.
+        self._more = len(items) == free
         if wait and tasks:
             await asyncio.gather(*tasks)
         return len(items)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if self._more:
+            self._wakeup.set()
 
     async def _guarded(self, item: QueueItem) -> None:
         async with self._concurrency:
@@ -205,6 +257,9 @@ class RelayWorker:
     # -- one entry ------------------------------------------------------------------------
 
     async def deliver(self, item: QueueItem, now: datetime | None = None) -> Settlement:
+        started = time.perf_counter()
+        queued_ms = (datetime.now(UTC) - item.created_at).total_seconds() * 1e3
+        send_ms = transaction_ms = 0.0
         pending = item.pending_recipients
         domain = item.recipient_domain
         peer: str | None = None
@@ -228,11 +283,14 @@ class RelayWorker:
             for hop in hops:
                 if body is None:
                     body = await self._read_body(item.id)
+                sending = time.perf_counter()
                 attempt = await self._send_via(hop, item, pending, body)
+                send_ms += (time.perf_counter() - sending) * 1e3
                 if attempt.connection_error is not None:
                     errors.append(f"{hop.host}:{hop.port}: {attempt.connection_error}")
                     continue
                 results, peer, peer_handles_dsn = attempt.results, attempt.peer, attempt.peer_handles_dsn
+                transaction_ms = attempt.transaction_ms
                 break
             else:
                 if hops:
@@ -252,16 +310,16 @@ class RelayWorker:
                 {r.reply for r in settlement.results.values() if r.status is not RecipientStatus.DELIVERED}
             )
         )
-        await record_attempt(
-            self._sessions,
-            item.id,
-            worker=self.worker_id,
-            results=settlement.results,
-            status=settlement.status,
-            next_attempt_at=settlement.next_attempt_at,
-            last_error=errors_text or None,
-            delay_notified=settlement.delay_notified,
-            dsn_sent_for=dsn_ids,
+        await self._recorder.record(
+            AttemptRecord(
+                item.id,
+                settlement.results,
+                settlement.status,
+                settlement.next_attempt_at,
+                errors_text or None,
+                settlement.delay_notified,
+                dsn_ids,
+            )
         )
         log.info(
             "relay attempt",
@@ -273,6 +331,12 @@ class RelayWorker:
             deferred=sum(r.status is RecipientStatus.DEFERRED for r in settlement.results.values()),
             failed=sum(r.status is RecipientStatus.FAILED for r in settlement.results.values()),
             next_attempt=settlement.next_attempt_at.isoformat() if settlement.next_attempt_at else None,
+            # Where the time went: since queued (first attempt), waiting for a session and the
+            # peer's transaction (send), the transaction alone, the whole attempt.
+            queued_ms=round(queued_ms, 1) if item.attempts == 0 else None,
+            send_ms=round(send_ms, 1),
+            transaction_ms=round(transaction_ms, 1),
+            attempt_ms=round((time.perf_counter() - started) * 1e3, 1),
         )
         return settlement
 
@@ -315,7 +379,47 @@ class RelayWorker:
     async def _send_via(
         self, hop: RouteHop, item: QueueItem, recipients: Sequence[QueuedRecipient], body: bytes
     ) -> HopResult:
-        context = self._tls_context()
+        key = (hop.host, hop.port)
+        async with self._connections.slot(key):
+            conn, error = await self._session_for(hop, item)
+            if conn is None:
+                return HopResult({}, None, False, connection_error=error)
+            keep = False
+            try:
+                begun = time.perf_counter()
+                result, keep = await self._transaction(conn, hop, item, recipients, body)
+                return dataclasses.replace(result, transaction_ms=(time.perf_counter() - begun) * 1e3)
+            finally:
+                # Back to the cache before the caller's commit, so the next entry can use it now.
+                if keep:
+                    self._connections.put(conn)
+                else:
+                    self._connections.drop(conn)
+
+    async def _session_for(self, hop: RouteHop, item: QueueItem) -> tuple[PeerConnection | None, str]:
+        """A verified session to `hop` for this entry: a cached one still alive, else a new one."""
+        key = (hop.host, hop.port)
+        while (conn := self._connections.take(key)) is not None:
+            try:
+                # The certificate was checked when this connection was opened; the trust list may
+                # have changed since, and it binds the DN to *this entry's* domain: checked again.
+                verdict = await self._trust.check_binding(item.recipient_domain, conn.subject)
+                if not verdict.allowed:
+                    self._connections.drop(conn)
+                    return None, f"peer certificate refused: {verdict.reason}"
+                # The peer may have closed it meanwhile (its own idle timeout): RSET tells, and
+                # starts the transaction from a clean state.
+                await conn.client.rset(timeout=min(self._timeout, 10.0))
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                self._connections.drop(conn)
+                continue
+            except BaseException:
+                self._connections.drop(conn)
+                raise
+            return conn, ""
+        return await self._open(hop, item)
+
+    async def _open(self, hop: RouteHop, item: QueueItem) -> tuple[PeerConnection | None, str]:
         client = aiosmtplib.SMTP(
             hostname=hop.host,
             port=hop.port,
@@ -326,25 +430,48 @@ class RelayWorker:
         )
         try:
             await client.connect()
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            return HopResult({}, None, False, connection_error=f"connect failed: {exc}")
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            client.close()
+            return None, f"connect failed: {exc}"
+        conn = PeerConnection((hop.host, hop.port), client, "", self._connections.now())
         try:
             await client.ehlo()
             if not client.supports_extension("starttls"):
-                return HopResult({}, None, False, connection_error="peer does not offer STARTTLS")
+                self._connections.drop(conn)
+                return None, "peer does not offer STARTTLS"
             try:
-                await client.starttls(tls_context=context, server_hostname=hop.host)
+                await client.starttls(tls_context=self._client_context(), server_hostname=hop.host)
             except (aiosmtplib.SMTPException, ssl.SSLError, OSError) as exc:
-                return HopResult({}, None, False, connection_error=f"TLS handshake failed: {exc}")
+                self._connections.drop(conn)
+                return None, f"TLS handshake failed: {exc}"
             ssl_object = client.get_transport_info("ssl_object")
             der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
             verdict = await self._trust.check_peer(item.recipient_domain, der)
             if not verdict.allowed:
-                return HopResult(
-                    {}, None, False, connection_error=f"peer certificate refused: {verdict.reason}"
-                )
-            peer = verdict.peer_subject or hop.host
+                self._connections.drop(conn)
+                return None, f"peer certificate refused: {verdict.reason}"
+            conn.subject = verdict.peer_subject or hop.host
             await client.ehlo()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            self._connections.drop(conn)
+            return None, f"session failed: {exc}"
+        except BaseException:
+            self._connections.drop(conn)
+            raise
+        self._connections.opened_one()
+        return conn, ""
+
+    async def _transaction(
+        self,
+        conn: PeerConnection,
+        hop: RouteHop,
+        item: QueueItem,
+        recipients: Sequence[QueuedRecipient],
+        body: bytes,
+    ) -> tuple[HopResult, bool]:
+        """One MAIL..DATA transaction; the flag says whether the session is fit for the next one."""
+        client, peer = conn.client, conn.subject
+        try:
             dsn = client.supports_extension("dsn")
             mail_options = []
             if client.supports_extension("size"):
@@ -356,9 +483,10 @@ class RelayWorker:
                     mail_options.append(f"RET={item.ret}")
                 if item.envid:
                     mail_options.append(f"ENVID={xtext(item.envid)}")
-            response = await client.mail(item.mail_from, options=mail_options)
+            await client.mail(item.mail_from, options=mail_options)
             results: dict[int, RecipientResult] = {}
             accepted: list[QueuedRecipient] = []
+            keep = True
             for recipient in recipients:
                 options = []
                 if dsn:
@@ -373,6 +501,8 @@ class RelayWorker:
                     results[recipient.id] = RecipientResult(
                         status_for_reply(exc.code), _reply(exc.code, exc.message)
                     )
+                    # 421: the peer is closing the session.
+                    keep = keep and exc.code != 421
                     continue
                 accepted.append(recipient)
                 results[recipient.id] = RecipientResult(
@@ -385,25 +515,64 @@ class RelayWorker:
                     text = _reply(response.code, response.message)
                 except aiosmtplib.SMTPDataError as exc:
                     status, text = status_for_reply(exc.code), _reply(exc.code, exc.message)
+                    keep = False
                 for recipient in accepted:
                     results[recipient.id] = RecipientResult(status, text)
-            else:
+            elif keep:
                 await client.rset()
-            return HopResult(results, peer, dsn)
-        except aiosmtplib.SMTPSenderRefused as exc:
+            return HopResult(results, peer, dsn), keep
+        except aiosmtplib.SMTPResponseException as exc:  # MAIL refused, or a reply out of place
             status = status_for_reply(exc.code)
             text = _reply(exc.code, exc.message)
-            return HopResult({r.id: RecipientResult(status, text) for r in recipients}, hop.host, False)
-        except aiosmtplib.SMTPResponseException as exc:
-            status = status_for_reply(exc.code)
-            text = _reply(exc.code, exc.message)
-            return HopResult({r.id: RecipientResult(status, text) for r in recipients}, hop.host, False)
+            return HopResult({r.id: RecipientResult(status, text) for r in recipients}, peer, False), False
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            return HopResult({}, None, False, connection_error=f"session failed: {exc}")
-        finally:
-            with contextlib.suppress(Exception):
-                await client.quit()
-            client.close()
+            return HopResult({}, None, False, connection_error=f"session failed: {exc}"), False
+
+    def _client_context(self) -> ssl.SSLContext:
+        # Loading the CA bundle and our key pair costs milliseconds: once per worker (and reload).
+        if self._tls is None:
+            self._tls = self._tls_context()
+        return self._tls
+
+
+class _GroupRecorder:
+    """Attempt outcomes written by one task, as many per transaction as have arrived meanwhile:
+    concurrent deliveries share a commit (an fsync each on SQLite) instead of queueing for the
+    write lock one by one, which also delays the next claims."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], worker: str) -> None:
+        self._sessions = sessions
+        self._worker = worker
+        self._pending: list[tuple[AttemptRecord, asyncio.Future[bool]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def record(self, record: AttemptRecord) -> bool:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((record, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="relay-record")
+        # Shielded: a delivery cancelled at shutdown still gets its outcome written.
+        return await asyncio.shield(future)
+
+    async def _run(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            records = [record for record, _ in batch]
+            try:
+                outcomes = await record_attempts(self._sessions, records, worker=self._worker)
+            except Exception:
+                # One bad record must not lose the others: each on its own.
+                outcomes = []
+                for record, future in batch:
+                    try:
+                        outcomes.extend(await record_attempts(self._sessions, [record], worker=self._worker))
+                    except Exception as exc:
+                        outcomes.append(False)
+                        if not future.done():
+                            future.set_exception(exc)
+            for (_, future), ok in zip(batch, outcomes, strict=True):
+                if not future.done():
+                    future.set_result(ok)
 
 
 def _status_code(reply: str, action: DsnAction) -> str:

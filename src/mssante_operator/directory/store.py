@@ -315,6 +315,10 @@ class BulkLoader:
     async def close(self) -> None:
         if self._pg:
             return
+        if self._driver.in_transaction:
+            # A batch cut short (the import was cancelled or failed mid-write): the pragmas cannot
+            # change inside its transaction, and its rows go with the discarded snapshot anyway.
+            await self._driver.rollback()
         await self._driver.execute("PRAGMA synchronous=FULL")
         await self._driver.execute("PRAGMA cache_size=-2000")
 

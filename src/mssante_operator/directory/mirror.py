@@ -322,6 +322,7 @@ class DirectoryMirror:
         self._hot: _HotReader | _DirectSqliteReader = (
             threaded if path is None else _DirectSqliteReader(path, threaded)
         )
+        self._union_sql: dict[tuple[tuple[str, int], ...], str] = {}
         self.policy = policy or DirectoryPolicy()
 
     async def close(self) -> None:
@@ -445,7 +446,42 @@ class DirectoryMirror:
 
     # -- practitioners --------------------------------------------------------------------------
 
+    def _practitioner_sql(self, active: Active) -> str:
+        """PostgreSQL: activities and mailboxes of one person in one round trip (a UNION whose
+        first column says which table a row comes from)."""
+        key = tuple(sorted(active.items()))
+        sql = self._union_sql.get(key)
+        if sql is None:
+            mailbox_nulls = ", ".join(
+                "NULL::boolean" if column == "listerouge" else "NULL::varchar" for column in MAILBOX_COLUMNS
+            )
+            practitioner_nulls = ", ".join("NULL" for _ in PRACTITIONER_COLUMNS)
+            branches = [
+                f"SELECT 0, {_PRACTITIONER_SELECT}, {mailbox_nulls} FROM {t.name} WHERE national_id = ?"
+                for t in self._ptables(active)
+            ] + [
+                f"SELECT 1, {practitioner_nulls}, {_MAILBOX_SELECT} FROM {t.name} WHERE national_id = ?"
+                for t in self._mtables(active)
+            ]
+            sql = " UNION ALL ".join(branches)
+            self._union_sql = {key: sql}
+        return sql
+
+    async def _load_practitioner_pg(self, active: Active, nid: str) -> Practitioner | None:
+        branches = len(self._ptables(active)) + len(self._mtables(active))
+        if not branches:
+            return None
+        rows = await self._hot.fetch(self._practitioner_sql(active), (nid,) * branches)
+        width = len(PRACTITIONER_COLUMNS) + 1
+        acts = [PractitionerRow(*row[1:width]) for row in rows if row[0] == 0]
+        boxes = [MailboxRow(*row[width:]) for row in rows if row[0] == 1]
+        if not acts and not boxes:
+            return None
+        return _practitioner(nid, acts, boxes)
+
     async def _load_practitioner(self, active: Active, nid: str) -> Practitioner | None:
+        if self._pg:
+            return await self._load_practitioner_pg(active, nid)
         acts: list[Any] = []
         for table in self._ptables(active):
             rows = await self._hot.fetch(

@@ -152,6 +152,7 @@ def main() -> None:
     )
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     for backend in backends:
+        print(f"{backend}: load average before {[round(x, 1) for x in os.getloadavg()]}")
         if backend == "sqlite":
             db = args.data / f"bench-{uuid.uuid4().hex[:8]}.db"
             try:
@@ -165,6 +166,7 @@ def main() -> None:
                 result = run_child(url, [activity, mailbox], second, args.parse)
             finally:
                 asyncio.run(drop_pg_database(name))
+        result["load_average_after"] = [round(x, 1) for x in os.getloadavg()]
         print(f"{backend}: {json.dumps(result)}")
 
 

@@ -52,18 +52,22 @@ async def ensure_pg_database(name: str) -> str:
 
 async def timed(calls: list[Callable[[], Awaitable[object]]]) -> dict[str, float]:
     latencies = []
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for call in calls:
         t = time.perf_counter()
         await call()
         latencies.append(time.perf_counter() - t)
-    total = time.perf_counter() - started
+    total, cpu = time.perf_counter() - started, time.process_time() - cpu
     latencies.sort()
     return {
         "n": len(latencies),
         "p50_ms": round(statistics.median(latencies) * 1000, 3),
+        "p90_ms": round(latencies[int(len(latencies) * 0.90) - 1] * 1000, 3),
         "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 3),
         "max_ms": round(latencies[-1] * 1000, 3),
+        # CPU of this process per call (PostgreSQL's own work is in the server): steadier than
+        # the wall-clock percentiles on a shared machine, whose tail is waiting for a core.
+        "cpu_us_per_call": round(cpu / len(latencies) * 1e6, 1),
         "per_second": round(len(latencies) / total),
     }
 
@@ -138,6 +142,7 @@ def main() -> None:
         else:
             url = asyncio.run(ensure_pg_database(f"bench_directory_lookup_{args.activity_lines}"))
         results = asyncio.run(run(url, [activity, mailbox], args.n))
+        results["load_average"] = [round(x, 1) for x in os.getloadavg()]
         print(f"{backend}: {json.dumps(results)}")
 
 

@@ -322,6 +322,8 @@ class DirectoryMirror:
         self._hot: _HotReader | _DirectSqliteReader = (
             threaded if path is None else _DirectSqliteReader(path, threaded)
         )
+        # Name searches read up to hundreds of rows: on SQLite they stay off the event loop.
+        self._bulk = threaded
         self._union_sql: dict[tuple[tuple[str, int], ...], str] = {}
         self.policy = policy or DirectoryPolicy()
 
@@ -614,7 +616,7 @@ class DirectoryMirror:
         async def run(active: Active) -> tuple[dict[str, list[Any]], list[Any]]:
             acts: list[Any] = []
             for table in self._ptables(active):
-                rows = await self._hot.fetch(
+                rows = await self._bulk.fetch(
                     f"SELECT {_PRACTITIONER_SELECT} FROM {table.name} "
                     "WHERE search_key >= ? AND search_key < ? ORDER BY search_key, national_id LIMIT ?",
                     (key, key + "\x7f", limit * 3),
@@ -630,7 +632,7 @@ class DirectoryMirror:
                 ids = list(grouped)
                 marks = ", ".join("?" * len(ids))
                 for table in self._mtables(active):
-                    rows = await self._hot.fetch(
+                    rows = await self._bulk.fetch(
                         f"SELECT {_MAILBOX_SELECT} FROM {table.name} WHERE national_id IN ({marks})", ids
                     )
                     boxes.extend(MailboxRow(*row) for row in rows)

@@ -57,6 +57,7 @@ from mssante_operator.identifiers import (
 from mssante_operator.store.models import utcnow
 
 _MISSING = object()
+MMAP_BYTES = 4 << 30
 
 Sessions = async_sessionmaker[AsyncSession] | AsyncEngine
 
@@ -260,6 +261,9 @@ class _DirectSqliteReader:
             self._path, timeout=0, isolation_level=None, check_same_thread=False, cached_statements=64
         )
         conn.execute("PRAGMA query_only=1")
+        # Point look-ups touch a dozen pages spread over a gigabyte: mapped, each is a memory read
+        # instead of a pread() system call. Only this read-only connection maps the file.
+        conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
         return conn
 
     async def fetch(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:

@@ -49,7 +49,9 @@ def count_lines(path: Path) -> int:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b"")) - 1
 
 
-async def child(url: str, files: list[Path], rounds: list[list[Path]]) -> dict[str, object]:
+async def child(
+    url: str, files: list[Path], rounds: list[list[Path]], parse_process: bool | None
+) -> dict[str, object]:
     from mssante_operator.directory.importer import import_files
     from mssante_operator.store import create_engine, upgrade
 
@@ -58,7 +60,7 @@ async def child(url: str, files: list[Path], rounds: list[list[Path]]) -> dict[s
     timings = []
     for round_files in [files, *rounds]:
         started = time.perf_counter()
-        report = await import_files(engine, round_files, max_reject_rate=0.01)
+        report = await import_files(engine, round_files, max_reject_rate=0.01, parse_process=parse_process)
         elapsed = time.perf_counter() - started
         if not report.applied:
             raise SystemExit(f"import not applied: {report.message} {[f.message for f in report.files]}")
@@ -71,12 +73,16 @@ async def child(url: str, files: list[Path], rounds: list[list[Path]]) -> dict[s
         )
     await engine.dispose()
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    # CPU seconds of this process (parse, and SQLite's work in its thread): the honest figure on a
-    # shared machine, where wall time also counts other people's load.
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU seconds of this process (SQLite's work in its thread, and the parse unless it runs in a
+    # child) and of its parser children: the honest figures on a shared machine, where wall time
+    # also counts other people's load.
     return {
         "imports": timings,
         "process_cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
+        "parser_cpu_seconds": round(children.ru_utime + children.ru_stime, 1),
         "peak_rss_mb": round(usage.ru_maxrss / 1024),
+        "parser_peak_rss_mb": round(children.ru_maxrss / 1024),
     }
 
 
@@ -103,8 +109,8 @@ async def drop_pg_database(name: str) -> None:
         await conn.close()
 
 
-def run_child(url: str, files: list[Path], second: list[Path] | None) -> dict[str, object]:
-    args = [sys.executable, __file__, "--child", url, *map(str, files)]
+def run_child(url: str, files: list[Path], second: list[Path] | None, parse: str) -> dict[str, object]:
+    args = [sys.executable, __file__, "--parse", parse, "--child", url, *map(str, files)]
     if second:
         args += ["--then", *map(str, second)]
     out = subprocess.run(args, check=True, capture_output=True, text=True, cwd=ROOT)
@@ -120,6 +126,12 @@ def main() -> None:
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--data", type=Path, default=Path("/tmp/mssante-bench-directory"))
     parser.add_argument("--twice", action="store_true", help="also time a replacing second import")
+    parser.add_argument(
+        "--parse",
+        choices=["auto", "inline", "process"],
+        default="auto",
+        help="parse in the importing process or in a child (auto: a child for files over 8 MB)",
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--then", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -127,7 +139,8 @@ def main() -> None:
     if args.child:
         url, *files = args.child
         rounds = [[Path(p) for p in args.then]] if args.then else []
-        print(json.dumps(asyncio.run(child(url, [Path(p) for p in files], rounds))))
+        parse_process = {"auto": None, "inline": False, "process": True}[args.parse]
+        print(json.dumps(asyncio.run(child(url, [Path(p) for p in files], rounds, parse_process))))
         return
 
     activity, mailbox = generate(args.data, args.activity_lines, seed=1)
@@ -139,19 +152,21 @@ def main() -> None:
     )
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     for backend in backends:
+        print(f"{backend}: load average before {[round(x, 1) for x in os.getloadavg()]}")
         if backend == "sqlite":
             db = args.data / f"bench-{uuid.uuid4().hex[:8]}.db"
             try:
-                result = run_child(f"sqlite+aiosqlite:///{db}", [activity, mailbox], second)
+                result = run_child(f"sqlite+aiosqlite:///{db}", [activity, mailbox], second, args.parse)
             finally:
                 for suffix in ("", "-wal", "-shm"):
                     Path(f"{db}{suffix}").unlink(missing_ok=True)
         else:
             name, url = asyncio.run(make_pg_database())
             try:
-                result = run_child(url, [activity, mailbox], second)
+                result = run_child(url, [activity, mailbox], second, args.parse)
             finally:
                 asyncio.run(drop_pg_database(name))
+        result["load_average_after"] = [round(x, 1) for x in os.getloadavg()]
         print(f"{backend}: {json.dumps(result)}")
 
 

@@ -171,12 +171,72 @@ async def test_incremental_sync_fetches_only_changed_entries(
     martin = await mirror.lookup_national_id("8" + DR_MARTIN)
     assert martin is not None and martin.last_name == "MARTIN-DURAND"
     assert await mirror.is_known_mailbox(f"paul.nouveau@{DOMAIN}")
-    # A deletion is only seen by a full synchronisation.
-    assert await mirror.is_known_mailbox(f"parti@{DOMAIN}")
+    # The deleted entry is seen by the DN listing of the incremental run itself.
+    assert second.deleted == 1, second
+    assert not await mirror.is_known_mailbox(f"parti@{DOMAIN}")
+    assert await mirror.lookup_national_id("8" + DR_NGUYEN) is None
+    assert await mirror.is_known_mailbox(f"helene.lefevre@{DOMAIN}")  # untouched entries stay
     third = await sync_ldap(engine, cfg, full=True)
     assert third.mode == "full" and third.applied
     assert not await mirror.is_known_mailbox(f"parti@{DOMAIN}")
     assert (await mirror.lookup_national_id("8" + DR_MARTIN)) is not None
+
+
+async def test_incremental_sync_drops_entries_renamed_moved_or_filtered_out(
+    engine: AsyncEngine, slapd: Slapd, mirrors: MirrorFactory
+) -> None:
+    ou = new_ou(slapd, "moves")
+    elsewhere = new_ou(slapd, "elsewhere")
+    with admin(slapd) as conn:
+        person(conn, ou, "parti", sn="PARTI", employeeNumber="8" + DR_NGUYEN, mail=f"parti@{DOMAIN}")
+    cfg = settings(slapd, ou, filter="(&(objectClass=inetOrgPerson)(!(businessCategory=ARCHIVE)))")
+    first = await sync_ldap(engine, cfg)
+    assert first.mode == "full" and first.entries == 4
+    mirror = mirrors(refresh_seconds=0, cache_size=0)
+    assert await mirror.is_known_mailbox(f"parti@{DOMAIN}")
+    await asyncio.sleep(1.1)
+    with admin(slapd) as conn:
+        # Moved out of the base DN: its modifyTimestamp changes, but under a DN outside the search.
+        conn.modify_dn(f"uid=parti,{ou}", "uid=parti", new_superior=elsewhere)
+        assert conn.result["result"] == 0, conn.result
+        # Renamed inside the base DN: the new DN comes as a change, the old one must go.
+        conn.modify_dn(f"uid=cardio,{ou}", "uid=cardiologie")
+        assert conn.result["result"] == 0, conn.result
+        # No longer matching the filter.
+        conn.modify(f"uid=hlefevre,{ou}", {"businessCategory": [(ldap3.MODIFY_REPLACE, ["ARCHIVE"])]})
+        assert conn.result["result"] == 0, conn.result
+    second = await sync_ldap(engine, cfg)
+    assert second.applied and second.mode == "incremental", second
+    assert second.deleted == 3, second
+    assert not await mirror.is_known_mailbox(f"parti@{DOMAIN}")
+    assert not await mirror.is_known_mailbox(f"helene.lefevre@{DOMAIN}")
+    cardio = await mirror.lookup_mailbox(f"cardiologie@{DOMAIN}")
+    assert cardio is not None and cardio.type == "ORG"
+    assert await mirror.lookup_national_id("8" + DR_MARTIN) is not None
+    # Nothing changed since: a third run deletes nothing and keeps the rest.
+    third = await sync_ldap(engine, cfg)
+    assert third.mode == "incremental" and third.applied and third.deleted == 0, third
+    assert await mirror.is_known_mailbox(f"cardiologie@{DOMAIN}")
+    stats = await mirror.stats()
+    assert stats.mailboxes == 2  # jean.martin and cardiologie
+
+
+async def test_incremental_sync_refuses_when_the_server_lists_nothing(
+    engine: AsyncEngine, slapd: Slapd, mirrors: MirrorFactory
+) -> None:
+    ou = new_ou(slapd, "vanished")
+    cfg = settings(slapd, ou)
+    assert (await sync_ldap(engine, cfg)).applied
+    with admin(slapd) as conn:
+        for uid in ("jmartin", "hlefevre", "cardio"):
+            conn.delete(f"uid={uid},{ou}")
+            assert conn.result["result"] == 0, conn.result
+    report = await sync_ldap(engine, cfg)
+    assert report.mode == "incremental" and not report.applied and report.refused, report
+    assert "lists no entry" in report.message
+    mirror = mirrors(refresh_seconds=0, cache_size=0)
+    assert await mirror.is_known_mailbox(f"cardiologie@{DOMAIN}")
+    assert await mirror.lookup_national_id("8" + DR_MARTIN) is not None
 
 
 async def test_ldaps_with_a_client_certificate(engine: AsyncEngine, slapd: Slapd) -> None:

@@ -167,7 +167,8 @@ def sync_ldap_cmd(
     console.print(
         f"LDAP {report.mode} sync from {ldap.url}: {report.entries:,} entries read, "
         f"{report.practitioners:,} practitioners and {report.mailboxes:,} mailboxes loaded, "
-        f"{report.rejected:,} rejected",
+        f"{report.rejected:,} rejected"
+        + (f", {report.deleted:,} deleted entries removed" if report.mode == "incremental" else ""),
         highlight=False,
     )
     for rejection in report.rejections[:10]:

@@ -3,9 +3,11 @@
 A full synchronisation loads a new `ldap` snapshot and switches to it atomically, like a file
 import. When the server exposes `modifyTimestamp` and the last full synchronisation is recent
 enough, the next run is incremental: only entries modified since the highest timestamp seen are
-fetched, and their rows are replaced in one transaction. Deleted entries are only noticed by a
-full synchronisation (every `full_sync_hours`, or `--full`). Whatever goes wrong on the network
-(server down, slow, returning garbage) the mirror stays as it was.
+fetched, and their rows are replaced in one transaction. A deletion (or an entry renamed, moved
+out of the base DN or no longer matching the filter) does not change any timestamp the search can
+see, so an incremental run also lists the DNs that still match, without attributes ('1.1', a few
+bytes per entry), and drops the rows of the entries missing from that list. Whatever goes wrong on
+the network (server down, slow, returning garbage) the mirror stays as it was.
 """
 
 from __future__ import annotations
@@ -20,16 +22,27 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from ldap3 import ANONYMOUS, EXTERNAL, NONE, SASL, SIMPLE, SUBTREE, Connection, Server, Tls
+from ldap3 import (
+    ANONYMOUS,
+    EXTERNAL,
+    NO_ATTRIBUTES,
+    NONE,
+    SASL,
+    SIMPLE,
+    SUBTREE,
+    Connection,
+    Server,
+    Tls,
+)
 from ldap3.core.exceptions import LDAPException
-from sqlalchemy import update
+from sqlalchemy import select, union, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mssante_operator.config.models import DirectoryLdapSettings
 from mssante_operator.directory import store
 from mssante_operator.directory.formats import MailboxRow, PractitionerRow, RowError
 from mssante_operator.directory.ldap_map import LdapEntry, MappedEntry, later_timestamp, map_entry
-from mssante_operator.directory.models import DirectorySnapshot
+from mssante_operator.directory.models import DirectorySnapshot, mailboxes_table, practitioners_table
 from mssante_operator.ops.logging import get_logger
 from mssante_operator.store.models import utcnow
 
@@ -47,6 +60,7 @@ class LdapSyncReport:
     entries: int = 0
     practitioners: int = 0
     mailboxes: int = 0
+    deleted: int = 0  # incremental: entries gone from the server whose rows were dropped
     rejected: int = 0
     rejections: list[str] = field(default_factory=list)
     applied: bool = False
@@ -125,9 +139,13 @@ class LdapClient:
         result = self._conn.extend.standard.who_am_i()
         return str(result or "")
 
+    def _filter(self) -> str:
+        s = self.settings
+        return s.filter if s.filter.startswith("(") else f"({s.filter})"
+
     def search(self, since: str | None) -> None:
         s = self.settings
-        query = s.filter if s.filter.startswith("(") else f"({s.filter})"
+        query = self._filter()
         if since is not None:
             query = f"(&{query}(modifyTimestamp>={since}))"
         attributes = sorted({a for a in s.attributes.model_dump().values() if a} | {"modifyTimestamp"})
@@ -157,9 +175,41 @@ class LdapClient:
             raise LdapSyncError(f"search on {self.url} failed: {_describe(exc)}") from None
         return batch
 
+    def list_dns(self) -> set[str]:
+        """Every DN the full search would return, without attributes: how deletions are seen."""
+        s = self.settings
+        dns: set[str] = set()
+        try:
+            for item in self._conn.extend.standard.paged_search(
+                s.base_dn,
+                self._filter(),
+                search_scope=SUBTREE,
+                attributes=NO_ATTRIBUTES,
+                paged_size=max(s.page_size, 1000),
+                generator=True,
+            ):
+                if item.get("type") == "searchResEntry":
+                    dns.add(dn_key(str(item.get("dn", ""))))
+        except Exception as exc:  # the listing must be complete, or nothing is deleted
+            raise LdapSyncError(f"listing of {self.url} failed: {_describe(exc)}") from None
+        return dns
+
     def close(self) -> None:
         with contextlib.suppress(LDAPException, OSError, ssl.SSLError):
             self._conn.unbind()
+
+
+def dn_key(dn: str) -> str:
+    """How two spellings of one DN compare: attribute names and values are case-insensitive for
+    the attributes DNs are made of here, and the store keeps the first 1000 characters."""
+    return dn[:1000].casefold()
+
+
+async def _mirrored_dns(engine: AsyncEngine, snapshot_id: int) -> set[str]:
+    ptable, mtable = practitioners_table(snapshot_id), mailboxes_table(snapshot_id)
+    async with engine.connect() as conn:
+        result = await conn.execute(union(select(ptable.c.source_ref), select(mtable.c.source_ref)))
+        return {str(ref) for ref in result.scalars() if ref is not None}
 
 
 @dataclass
@@ -277,11 +327,28 @@ async def _incremental(
         report.refused = True
         report.message = f"synchronisation refused, mirror unchanged: {refusal}"
         return report
+    # Listed after the changes were read: an entry created in between is in the listing (harmless),
+    # one deleted in between is dropped now or by the next run.
+    listed = await asyncio.to_thread(client.list_dns)
+    changed = {dn_key(m.dn) for m in collected}
+    gone = sorted(
+        ref for ref in await _mirrored_dns(engine, active.id) if dn_key(ref) not in listed | changed
+    )
+    if not listed and gone:
+        report.refused = True
+        report.message = (
+            "synchronisation refused, mirror unchanged: the server lists no entry any more; "
+            "refusing to empty the LDAP part of the mirror"
+        )
+        return report
+    report.deleted = len(gone)
     practitioners = [m.practitioner for m in collected if m.practitioner is not None]
     mailboxes = [row for m in collected for row in m.mailboxes]
     report.practitioners, report.mailboxes = len(practitioners), len(mailboxes)
     async with engine.begin() as conn:
-        await store.replace_ldap_rows(conn, active.id, [m.dn for m in collected], practitioners, mailboxes)
+        await store.replace_ldap_rows(
+            conn, active.id, [m.dn[:1000] for m in collected] + gone, practitioners, mailboxes
+        )
         rows = await store.count_rows(conn, active.id, store.Part.LDAP)
         await conn.execute(
             update(DirectorySnapshot)
@@ -289,7 +356,10 @@ async def _incremental(
             .values(high_water=report.high_water, loaded_at=utcnow(), rows_loaded=rows)
         )
     report.applied = True
-    report.message = f"{len(collected)} changed entries applied since {active.high_water}"
+    report.message = (
+        f"{len(collected)} changed entries applied since {active.high_water}, "
+        f"{len(gone)} deleted entries removed"
+    )
     return report
 
 

@@ -144,13 +144,25 @@ async def build_indexes(engine: AsyncEngine, snapshot_id: int, part: str) -> Non
         specs.append((practitioners_table(snapshot_id), True))
     if has_mailboxes(part):
         specs.append((mailboxes_table(snapshot_id), False))
-    for table, is_practitioners in specs:
-        for index in lookup_indexes(snapshot_id, is_practitioners, with_source_ref=part == Part.LDAP):
-            async with engine.begin() as conn:
-                await conn.run_sync(index.create)
-        async with engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                await conn.execute(text(f"ANALYZE {table.name}"))
+    async with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            # SQLite's sorter may use helper threads (off by default) and a bigger cache.
+            await conn.exec_driver_sql("PRAGMA threads=2")
+            await conn.exec_driver_sql("PRAGMA cache_size=-65536")
+        try:
+            for table, is_practitioners in specs:
+                for index in lookup_indexes(snapshot_id, is_practitioners, with_source_ref=part == Part.LDAP):
+                    await conn.run_sync(index.create)
+                    await conn.commit()
+                if not sqlite:
+                    await conn.execute(text(f"ANALYZE {table.name}"))
+                    await conn.commit()
+        finally:
+            if sqlite:
+                await conn.rollback()
+                await conn.exec_driver_sql("PRAGMA threads=0")
+                await conn.exec_driver_sql("PRAGMA cache_size=-2000")
 
 
 async def finish_snapshot(
@@ -315,6 +327,10 @@ class BulkLoader:
     async def close(self) -> None:
         if self._pg:
             return
+        if self._driver.in_transaction:
+            # A batch cut short (the import was cancelled or failed mid-write): the pragmas cannot
+            # change inside its transaction, and its rows go with the discarded snapshot anyway.
+            await self._driver.rollback()
         await self._driver.execute("PRAGMA synchronous=FULL")
         await self._driver.execute("PRAGMA cache_size=-2000")
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mssante_operator.imap import search as imap_search
+from mssante_operator.imap import summary as imap_summary
 from mssante_operator.imap.backend import (
     AppendResult,
     AuthResult,
@@ -195,8 +196,18 @@ class MemoryBackend:
             elif request.content == "header":
                 end = msg.raw.find(b"\r\n\r\n")
                 content = msg.raw if end < 0 else msg.raw[: end + 4]
+            summary = None
+            if request.summary:  # through the stored form, as the real store does
+                summary = imap_summary.decode_summary(imap_summary.summarize(msg.raw)[1])
             yield MessageData(
-                uid, tuple(sorted(msg.flags)), msg.modseq, msg.internal_date, len(msg.raw), content, changed
+                uid,
+                tuple(sorted(msg.flags)),
+                msg.modseq,
+                msg.internal_date,
+                len(msg.raw),
+                content,
+                changed,
+                summary,
             )
 
     async def search(self, folder_id: int, key: SearchKey) -> SearchHits:

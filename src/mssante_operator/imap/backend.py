@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from mssante_operator.imap.commands import LiteralSink, SearchKey
+from mssante_operator.imap.summary import Summary
 
 __all__ = [
     "AppendResult",
@@ -142,6 +143,10 @@ class FetchRequest:
     changedsince: int | None = None  # only messages with a higher modseq
     mark_seen: bool = False  # set \\Seen (BODY[...] without PEEK on a read-write folder)
     body_read: bool = False  # the client reads message content: audit it
+    #: Fill `MessageData.summary` (ENVELOPE, BODYSTRUCTURE, BODY): a store that keeps summaries
+    #: answers without decrypting the body; with content="header" the header block may come from
+    #: the summary too.
+    summary: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +158,7 @@ class MessageData:
     size: int
     content: bytes | None = field(default=None, repr=False)  # header block or whole message, as asked
     flags_changed: bool = False  # mark_seen changed the flags
+    summary: Summary | None = field(default=None, repr=False)  # when FetchRequest.summary
 
 
 @dataclass(frozen=True, slots=True)

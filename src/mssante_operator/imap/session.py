@@ -872,6 +872,7 @@ class Session:
         content = _content_needed(atts)
         request = FetchRequest(
             content=content,
+            summary=_summary_needed(atts),
             changedsince=cmd.changedsince,
             mark_seen=not sel.readonly and any(a.sets_seen for a in atts),
             body_read=any(a.reads_body for a in atts),
@@ -1109,14 +1110,20 @@ def _children_attr(name: str, names: Sequence[str]) -> list[str]:
     return ["\\HasChildren" if any(n.startswith(prefix) for n in names) else "\\HasNoChildren"]
 
 
-_HEADER_ONLY = frozenset({"ENVELOPE", "RFC822.HEADER"})
+_HEADER_ONLY = frozenset({"RFC822.HEADER"})
 _META = frozenset({"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"})
+#: Answered from the backend's precomputed summary (`imap.summary`), not from the message.
+_SUMMARY = frozenset({"ENVELOPE", "BODYSTRUCTURE"})
+
+
+def _summary_needed(atts: Sequence[c.FetchAtt]) -> bool:
+    return any(a.name in _SUMMARY or (a.name == "BODY" and a.section is None) for a in atts)
 
 
 def _content_needed(atts: Sequence[c.FetchAtt]) -> Any:
     level = "none"
     for att in atts:
-        if att.name in _META:
+        if att.name in _META or att.name in _SUMMARY or (att.name == "BODY" and att.section is None):
             continue
         if att.name in _HEADER_ONLY or (
             att.name == "BODY" and att.section is not None and not att.section.part
@@ -1149,6 +1156,7 @@ def _fetch_items(
     items: list[tuple[str, Value]] = []
     error: str | None = None
     raw = row.content or b""
+    summary = row.summary
     parsed: mime.Part | None = None
 
     def part() -> mime.Part:
@@ -1171,9 +1179,12 @@ def _fetch_items(
         elif name == "RFC822.SIZE":
             value = row.size
         elif name == "ENVELOPE":
-            value = mime.envelope(part())
+            value = summary.envelope if summary is not None else mime.envelope(part())
         elif name == "BODYSTRUCTURE" or (name == "BODY" and att.section is None):
-            value = mime.body_structure(part(), extended=name == "BODYSTRUCTURE")
+            if summary is not None:
+                value = summary.bodystructure if name == "BODYSTRUCTURE" else summary.body
+            else:
+                value = mime.body_structure(part(), extended=name == "BODYSTRUCTURE")
         elif name == "RFC822":
             value = _blob(raw)
         elif name == "RFC822.HEADER":

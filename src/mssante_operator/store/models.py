@@ -169,6 +169,23 @@ class Message(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class MessageSummary(Base):
+    """What IMAP needs of a body without decrypting it: ENVELOPE, BODYSTRUCTURE, the header block
+    (`summary`) and the normalised search headers (`search`), computed once from the raw bytes.
+
+    Both columns are AES-256-GCM under the body's content key, with their own associated data
+    (`store.summaries`), so they are no easier to read than the body itself."""
+
+    __tablename__ = "message_summaries"
+
+    body_id: Mapped[int] = mapped_column(
+        ForeignKey("message_bodies.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    version: Mapped[int] = mapped_column(Integer)
+    search: Mapped[bytes] = mapped_column(LargeBinary)
+    summary: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class ExpungedMessage(Base):
     """A tombstone: UID `uid` left folder `folder_id` at `modseq` (QRESYNC VANISHED, RFC 7162).
 

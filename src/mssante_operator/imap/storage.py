@@ -45,8 +45,18 @@ from mssante_operator.imap.backend import (
     SelectedFolder,
     StoreResult,
 )
-from mssante_operator.imap.commands import LiteralSink, SearchAnd, SearchKey
+from mssante_operator.imap.commands import (
+    LiteralSink,
+    SearchAnd,
+    SearchDate,
+    SearchFlag,
+    SearchKey,
+    SearchModSeq,
+    SearchSet,
+    SearchSize,
+)
 from mssante_operator.imap.notify import FolderWatcher
+from mssante_operator.imap.summary import SearchFields, Summary, decode_search, decode_summary
 from mssante_operator.ops.logging import get_logger
 from mssante_operator.pki.identity import CertificateIdentity
 from mssante_operator.store.mailstore import (
@@ -57,6 +67,7 @@ from mssante_operator.store.mailstore import (
     MailboxClosed,
     MailboxNotFound,
     MailStore,
+    MessageFilter,
     MessageInfo,
     StoreError,
 )
@@ -267,8 +278,7 @@ class StoreBackend:
             stats = await self.store.folder_stats(folder.id)
             deleted: int | None = None
             if any(i.upper() == "DELETED" for i in items):
-                rows = await self.store.list_messages(folder.id)
-                deleted = sum(1 for m in rows if "\\Deleted" in m.flags)
+                deleted = (await self.store.folder_index(folder.id)).deleted
         return FolderStatus(
             messages=stats.messages,
             recent=0,
@@ -284,20 +294,17 @@ class StoreBackend:
     async def select(self, name: str, *, readonly: bool) -> SelectedFolder:
         with _store_errors():
             folder = await self.store.get_folder(self._address(), name)
-            rows = await self.store.list_messages(folder.id)
+            index = await self.store.folder_index(folder.id)
         self._folders = {folder.id: _Folder(folder.id, folder.name, folder.uidvalidity)}
-        highest = max(folder.highestmodseq, max((m.modseq for m in rows), default=0))
-        self._known = {folder.id: highest}
-        first_unseen = next((m.uid for m in rows if "\\Seen" not in m.flags), None)
-        keywords = sorted({f for m in rows for f in m.flags if not f.startswith("\\")})
+        self._known = {folder.id: index.highestmodseq}
         return SelectedFolder(
             folder_id=folder.id,
             uidvalidity=folder.uidvalidity,
             uidnext=folder.uidnext,
-            highestmodseq=highest,
-            uids=[m.uid for m in rows],
-            keywords=keywords,
-            first_unseen_uid=first_unseen,
+            highestmodseq=index.highestmodseq,
+            uids=index.uids,
+            keywords=index.keywords,
+            first_unseen_uid=index.first_unseen_uid,
             readonly=readonly,
         )
 
@@ -366,16 +373,33 @@ class StoreBackend:
                     if unseen:
                         update = await self.store.update_flags(folder_id, unseen, ["\\Seen"], FlagMode.ADD)
                         changed = {m.uid: m for m in update.changed}
-                bodies: dict[int, bytes] = {}
-                if request.content != "none" and rows:
-                    bodies = await self.store.read_message_bodies([m.message_id for m in rows])
+                summaries: dict[int, Summary] = {}
+                if (request.summary or request.content == "header") and rows:
+                    plain = await self.store.read_summaries([m.message_id for m in rows], "summary")
+                    summaries = {mid: decode_summary(data) for mid, data in plain.items()}
+                # Bodies only for content, or where no summary could be made (parsed as before).
+                need_body = [
+                    m.message_id
+                    for m in rows
+                    if request.content == "full"
+                    or ((request.summary or request.content == "header") and m.message_id not in summaries)
+                ]
+                bodies = await self.store.read_message_bodies(need_body) if need_body else {}
             for info in rows:
                 content: bytes | None = None
+                summary = summaries.get(info.message_id)
                 raw = bodies.get(info.message_id)
-                if request.content != "none":
+                if request.content == "full" or (request.summary and summary is None):
                     if raw is None:
                         continue  # expunged between the two queries
-                    content = raw if request.content == "full" else _header_block(raw)
+                    content = raw
+                elif request.content == "header":
+                    if summary is not None:
+                        content = summary.header
+                    elif raw is None:
+                        continue
+                    else:
+                        content = _header_block(raw)
                 if request.body_read:
                     self._audit_read(folder, info.uid)
                 now = changed.get(info.uid)
@@ -387,6 +411,7 @@ class StoreBackend:
                     size=info.size,
                     content=content,
                     flags_changed=now is not None,
+                    summary=summary,
                 )
 
     def _audit_read(self, folder: _Folder, uid: int) -> None:
@@ -409,32 +434,34 @@ class StoreBackend:
         self._folder(folder_id)
         needed = imap_search.content_needed(key)
         with _store_errors():
-            rows = await self.store.list_messages(folder_id)
-        seqs = {m.uid: seq for seq, m in enumerate(rows, 1)}
+            # The metadata conjuncts narrow the candidates in SQL; every candidate is then checked
+            # against the whole key below, so the SQL part only has to be a superset.
+            rows = await self.store.search_messages(folder_id, sql_filter(key))
         max_uid = rows[-1].uid if rows else 0
-        count = len(rows)
-        if needed != "none":
-            # Decrypt only the messages that pass the metadata criteria (flags, dates, sizes, UIDs).
-            prefilter = _metadata_part(key)
-            if prefilter is not None:
-                rows = [
-                    m
-                    for seq, m in enumerate(rows, 1)
-                    if imap_search.matches(
-                        prefilter, _search_message(m, b"", seq), max_uid=max_uid, count=count
-                    )
-                ]
+        step = BATCH if needed in ("header", "full") else META_BATCH
         hits: list[MessageInfo] = []
-        for start in range(0, len(rows), BATCH):
-            batch = rows[start : start + BATCH]
-            bodies: dict[int, bytes] = {}
+        for start in range(0, len(rows), step):
+            batch = rows[start : start + step]
+            texts: dict[int, bytes] = {}
+            fields: dict[int, SearchFields] = {}
             if needed != "none":
-                # Bodies are encrypted at rest: content keys are evaluated on the decrypted message.
+                # Bodies are encrypted at rest: header keys read the encrypted summaries, text keys
+                # the decrypted message.
+                ids = [m.message_id for m in batch]
                 with _store_errors():
-                    bodies = await self.store.read_message_bodies([m.message_id for m in batch])
+                    if needed == "summary":
+                        plain = await self.store.read_summaries(ids, "search")
+                        fields = {mid: decode_search(data) for mid, data in plain.items()}
+                    elif needed == "header":
+                        plain = await self.store.read_summaries(ids, "summary")
+                        texts = {mid: decode_summary(data).header for mid, data in plain.items()}
+                    missing = [mid for mid in ids if mid not in fields and mid not in texts]
+                    if missing:
+                        texts.update(await self.store.read_message_bodies(missing))
             for info in batch:
-                msg = _search_message(info, bodies.get(info.message_id, b""), seqs[info.uid])
-                if imap_search.matches(key, msg, max_uid=max_uid, count=count):
+                msg = _search_message(info, texts.get(info.message_id, b""), None)
+                msg.fields = fields.get(info.message_id)
+                if imap_search.matches(key, msg, max_uid=max_uid, count=0):
                     hits.append(info)
         return SearchHits([m.uid for m in hits], max((m.modseq for m in hits), default=None))
 
@@ -508,18 +535,63 @@ def _claimed(credentials: Credentials) -> str | None:
     return claimed[:320] if claimed else None
 
 
-def _search_message(info: MessageInfo, raw: bytes, seq: int) -> imap_search.SearchMessage:
+def _search_message(info: MessageInfo, raw: bytes, seq: int | None) -> imap_search.SearchMessage:
     return imap_search.SearchMessage(
         info.uid, frozenset(info.flags), info.modseq, info.size, info.internal_date, raw, seq=seq
     )
 
 
-def _metadata_part(key: SearchKey) -> SearchKey | None:
-    """The conjuncts of `key` that need no message content (None if there are none)."""
-    if not isinstance(key, SearchAnd):
-        return None
-    meta = tuple(k for k in key.keys if imap_search.content_needed(k) == "none")
-    return SearchAnd(meta) if meta else None
+def _midnight(day: dt.date) -> dt.datetime:
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+
+
+def sql_filter(key: SearchKey) -> MessageFilter:
+    """The part of a SEARCH key the store can evaluate in SQL: top-level conjuncts on internal
+    date, system flags, UIDs, size and modseq. A superset of the matches (dates are widened by a
+    day, keywords and everything under OR/NOT are left to the Python evaluator)."""
+    keys = key.keys if isinstance(key, SearchAnd) else (key,)
+    since: dt.datetime | None = None
+    before: dt.datetime | None = None
+    uid_ranges: tuple[tuple[int, int], ...] | None = None
+    with_flags: list[str] = []
+    without_flags: list[str] = []
+    larger: int | None = None
+    smaller: int | None = None
+    min_modseq: int | None = None
+    day = dt.timedelta(days=1)
+    for k in keys:
+        if isinstance(k, SearchDate) and not k.sent:
+            if k.op in ("SINCE", "ON"):
+                start = _midnight(k.date) - day
+                since = start if since is None else max(since, start)
+            if k.op in ("BEFORE", "ON"):
+                end = _midnight(k.date) + 2 * day
+                before = end if before is None else min(before, end)
+        elif isinstance(k, SearchFlag) and k.flag.startswith("\\"):
+            (with_flags if k.present else without_flags).append(k.flag)
+        elif isinstance(k, SearchSet) and k.uid and not k.sequence.uses_star and uid_ranges is None:
+            ranges = [(min(a, b), max(a, b)) for a, b in k.sequence.ranges if a is not None and b is not None]
+            if len(ranges) == len(k.sequence.ranges):
+                if len(ranges) > 100:  # keep the statement small: one covering range
+                    ranges = [(min(a for a, _ in ranges), max(b for _, b in ranges))]
+                uid_ranges = tuple(ranges)
+        elif isinstance(k, SearchSize):
+            if k.op == "LARGER":
+                larger = k.size if larger is None else max(larger, k.size)
+            else:
+                smaller = k.size if smaller is None else min(smaller, k.size)
+        elif isinstance(k, SearchModSeq):
+            min_modseq = k.modseq if min_modseq is None else max(min_modseq, k.modseq)
+    return MessageFilter(
+        since=since,
+        before=before,
+        uid_ranges=uid_ranges,
+        with_flags=tuple(with_flags),
+        without_flags=tuple(without_flags),
+        larger=larger,
+        smaller=smaller,
+        min_modseq=min_modseq,
+    )
 
 
 def _header_block(raw: bytes) -> bytes:

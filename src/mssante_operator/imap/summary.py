@@ -70,7 +70,7 @@ def _encode(value: Value) -> Any:
 
 def _decode(data: Any) -> Value:
     if data is None or isinstance(data, int):
-        return data  # type: ignore[no-any-return]
+        return data
     if isinstance(data, str):
         return data.encode("utf-8", "surrogateescape")
     if isinstance(data, list):

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, case, delete, exists, func, select, update
+from sqlalchemy import and_, case, delete, exists, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -44,10 +44,14 @@ from mssante_operator.store.models import (
     MailboxStatus,
     Message,
     MessageBody,
+    MessageSummary,
     QueueEntry,
     QueueRecipient,
 )
 from mssante_operator.store.notify import ChangeHub, ChangeKind, MailboxChange
+from mssante_operator.store.summaries import VERSION as SUMMARY_VERSION
+from mssante_operator.store.summaries import Part as SummaryPart
+from mssante_operator.store.summaries import add_summary, save_summaries, summary_aad, summary_row
 
 log = get_logger(__name__)
 
@@ -208,6 +212,36 @@ class MessageInfo:
     internal_date: datetime
     size: int
     modseq: int
+
+
+@dataclass(frozen=True)
+class FolderIndex:
+    """What SELECT needs of a folder, computed in SQL (no row object per message)."""
+
+    uids: list[int]  # ascending
+    highestmodseq: int
+    first_unseen_uid: int | None
+    keywords: list[str]  # sorted
+    deleted: int = 0  # messages flagged \\Deleted
+
+
+@dataclass(frozen=True)
+class MessageFilter:
+    """Conditions a SEARCH can push into SQL (all optional, all ANDed)."""
+
+    since: datetime | None = None  # internal_date >= since
+    before: datetime | None = None  # internal_date < before
+    uid_ranges: tuple[tuple[int, int], ...] | None = None
+    with_flags: tuple[str, ...] = ()  # each flag present (exact token match)
+    without_flags: tuple[str, ...] = ()
+    larger: int | None = None
+    smaller: int | None = None
+    min_modseq: int | None = None
+
+
+def _has_flag(flag: str) -> Any:
+    # Flags are stored space-separated: match the whole token, not a substring ($a vs $ab).
+    return (literal(" ") + Message.flags + literal(" ")).contains(f" {flag} ", autoescape=True)
 
 
 @dataclass(frozen=True)
@@ -679,6 +713,8 @@ class MailStore:
                     .values(location=location)
                     .execution_options(synchronize_session=False)
                 )
+            # IMAP's ENVELOPE/BODYSTRUCTURE/header SEARCH read this instead of the body.
+            await add_summary(session, body.id, content_key, raw)
 
             # Queue entries first: they need no lock, and the folder row locks below are held until
             # the commit, so the less work after them, the more deliveries per second a folder takes.
@@ -1048,6 +1084,67 @@ class MailStore:
             for mid, uid, flags, when, size, modseq in rows
         ]
 
+    async def folder_index(self, folder_id: int) -> FolderIndex:
+        """SELECT's data in a few aggregate queries: UIDs, highest modseq, first unseen, keywords."""
+        folder_q = select(Folder.highestmodseq).where(Folder.id == folder_id)
+        in_folder = Message.folder_id == folder_id
+        async with self._read() as session:
+            highest = await session.scalar(folder_q)
+            if highest is None:
+                raise FolderNotFound(f"folder {folder_id} does not exist")
+            uids = list(
+                (await session.execute(select(Message.uid).where(in_folder).order_by(Message.uid))).scalars()
+            )
+            top = await session.scalar(select(func.max(Message.modseq)).where(in_folder))
+            unseen = await session.scalar(
+                select(func.min(Message.uid)).where(in_folder, ~_has_flag("\\Seen"))
+            )
+            flag_sets = list(
+                (
+                    await session.execute(
+                        select(Message.flags, func.count())
+                        .where(in_folder, Message.flags != "")
+                        .group_by(Message.flags)
+                    )
+                ).all()
+            )
+        keywords = sorted({f for text, _ in flag_sets for f in _flag_tuple(text) if not f.startswith("\\")})
+        deleted = sum(int(n) for text, n in flag_sets if "\\Deleted" in _flag_tuple(text))
+        return FolderIndex(
+            [int(u) for u in uids],
+            max(int(highest), int(top or 0)),
+            None if unseen is None else int(unseen),
+            keywords,
+            deleted,
+        )
+
+    async def search_messages(self, folder_id: int, where: MessageFilter) -> list[MessageInfo]:
+        """Messages of a folder in UID order that satisfy `where` (the SQL part of a SEARCH)."""
+        conditions: list[Any] = [Message.folder_id == folder_id]
+        if where.since is not None:
+            conditions.append(Message.internal_date >= where.since)
+        if where.before is not None:
+            conditions.append(Message.internal_date < where.before)
+        if where.uid_ranges is not None:
+            conditions.append(or_(*(Message.uid.between(a, b) for a, b in where.uid_ranges)))
+        conditions.extend(_has_flag(f) for f in where.with_flags)
+        conditions.extend(~_has_flag(f) for f in where.without_flags)
+        if where.larger is not None:
+            conditions.append(Message.size > where.larger)
+        if where.smaller is not None:
+            conditions.append(Message.size < where.smaller)
+        if where.min_modseq is not None:
+            conditions.append(Message.modseq >= where.min_modseq)
+        query = select(
+            Message.id, Message.uid, Message.flags, Message.internal_date, Message.size, Message.modseq
+        ).where(*conditions)
+        async with self._read() as session:
+            rows = (await session.execute(query.order_by(Message.uid))).all()
+        return [
+            MessageInfo(int(mid), int(uid), _flag_tuple(flags), _aware(when), int(size), int(modseq))
+            for mid, uid, flags, when, size, modseq in rows
+        ]
+
     @staticmethod
     async def _tombstones(session: AsyncSession, folder_id: int, uids: Sequence[int], modseq: int) -> None:
         # Remembered for QRESYNC: a client that saw these UIDs learns they are gone (VANISHED).
@@ -1125,6 +1222,81 @@ class MailStore:
                         out[int(mid)] = decrypt_body(content_key, ciphertext, aad)
                 else:
                     out[int(mid)] = await self._decrypt(session, body_id, content_key)
+        return out
+
+    async def read_summaries(self, message_ids: Sequence[int], part: SummaryPart) -> dict[int, bytes]:
+        """Plaintext summary parts (`imap.summary`) of several messages, without reading bodies.
+
+        One query for keys and ciphertexts; bodies with no summary yet (stored before summaries
+        existed, or of an older version) are decrypted once, summarised and the summaries saved.
+        Messages that cannot be summarised are left out: the caller falls back to the body."""
+        if not message_ids:
+            return {}
+        column = MessageSummary.search if part == "search" else MessageSummary.summary
+        query = (
+            select(
+                Message.id,
+                Message.body_id,
+                Message.wrapped_body_key,
+                Message.mailbox_id,
+                column,
+                MessageSummary.version,
+            )
+            .outerjoin(MessageSummary, MessageSummary.body_id == Message.body_id)
+            .where(Message.id.in_(list(message_ids)))
+        )
+        out: dict[int, bytes] = {}
+        missing: list[int] = []
+        async with self._read() as session:
+            rows = (await session.execute(query)).all()
+            mailbox_ids = {int(r[3]) for r in rows}
+            wrapped_data = (
+                dict(
+                    (
+                        await session.execute(
+                            select(Mailbox.id, Mailbox.wrapped_data_key).where(Mailbox.id.in_(mailbox_ids))
+                        )
+                    ).all()
+                )
+                if mailbox_ids
+                else {}
+            )
+        data_keys = {mid: self._master.unwrap(w) for mid, w in wrapped_data.items()}
+        for mid, body_id, wrapped, mailbox_id, blob, version in rows:
+            if blob is None or version != SUMMARY_VERSION:
+                missing.append(int(mid))
+                continue
+            content_key = unwrap_key(data_keys[mailbox_id], wrapped, what="content key of a message")
+            out[int(mid)] = decrypt_body(content_key, blob, summary_aad(body_id, part))
+        if missing:
+            out.update(await self._summarize_missing(missing, part))
+        return out
+
+    async def _summarize_missing(self, message_ids: Sequence[int], part: SummaryPart) -> dict[int, bytes]:
+        bodies = await self.read_message_bodies(message_ids)
+        async with self._read() as session:
+            rows = (
+                await session.execute(
+                    select(Message.id, Message.body_id, Message.wrapped_body_key, Mailbox.wrapped_data_key)
+                    .join(Mailbox, Mailbox.id == Message.mailbox_id)
+                    .where(Message.id.in_(list(bodies)))
+                )
+            ).all()
+        out: dict[int, bytes] = {}
+        saved: dict[int, dict[str, Any]] = {}
+        for mid, body_id, wrapped, wrapped_data in rows:
+            content_key = unwrap_key(self._master.unwrap(wrapped_data), wrapped, what="content key")
+            row = saved.get(int(body_id)) or summary_row(int(body_id), content_key, bodies[int(mid)])
+            if row is None:
+                continue
+            saved[int(body_id)] = row
+            out[int(mid)] = decrypt_body(content_key, row[part], summary_aad(body_id, part))
+        if saved:
+            try:
+                async with self._write() as session:
+                    await save_summaries(session, list(saved.values()))
+            except IntegrityError:  # the body went away meanwhile: nothing to keep
+                pass
         return out
 
     async def set_folder_subscribed(self, address: str, name: str, subscribed: bool) -> None:

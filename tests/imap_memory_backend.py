@@ -210,6 +210,18 @@ class MemoryBackend:
                 summary,
             )
 
+    async def fetch_flags(
+        self, folder_id: int, uid_range: tuple[int, int], changedsince: int | None
+    ) -> AsyncIterator[Sequence[tuple[int, str, int]]]:
+        f = self._by_id(folder_id)
+        rows = [
+            (uid, " ".join(sorted(msg.flags)), msg.modseq)
+            for uid, msg in sorted(f.messages.items())
+            if uid_range[0] <= uid <= uid_range[1] and (changedsince is None or msg.modseq > changedsince)
+        ]
+        for start in range(0, len(rows), 3):  # small batches: the session must join them
+            yield rows[start : start + 3]
+
     async def search(self, folder_id: int, key: SearchKey) -> SearchHits:
         f = self._by_id(folder_id)
         max_uid = max(f.messages, default=0)

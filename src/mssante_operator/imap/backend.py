@@ -207,6 +207,15 @@ class MailboxBackend(Protocol):
         """Rows in ascending UID order; missing (expunged) UIDs are skipped."""
         ...
 
+    def fetch_flags(
+        self, folder_id: int, uid_range: tuple[int, int], changedsince: int | None
+    ) -> AsyncIterator[Sequence[tuple[int, str, int]]]:
+        """FETCH of UID/FLAGS/MODSEQ only: batches of (uid, flags separated by one space, modseq)
+        for every message with uid_range[0] <= uid <= uid_range[1], in ascending UID order. The
+        session filters and renders them without an object per message (`UID FETCH 1:* FLAGS` on
+        a large folder)."""
+        ...
+
     async def search(self, folder_id: int, key: SearchKey) -> SearchHits:
         """Sequence-number keys and `*` have been turned into UID ranges (`SearchSet(uid=True)`, no
         `*`) by the session; an empty set matches nothing."""

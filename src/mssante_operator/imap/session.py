@@ -885,6 +885,10 @@ class Session:
             if line:
                 yield line
         failed: str | None = None
+        if uids and not request.mark_seen and all(a.name in _FLAGS_ONLY for a in atts):
+            async for chunk in self._fetch_flags(sel, uids, atts, cmd.changedsince):
+                yield chunk
+            uids = []
         if uids:
             # Small responses are batched into 64 KiB writes; large bodies stream through as chunks.
             batch = bytearray()
@@ -923,6 +927,41 @@ class Session:
             yield r.tagged(cmd.tag, "NO", failed, Code.UNKNOWN_CTE)
         else:
             yield r.tagged(cmd.tag, "OK", "FETCH completed")
+
+    async def _fetch_flags(
+        self, sel: _Selected, uids: list[int], atts: Sequence[c.FetchAtt], changedsince: int | None
+    ) -> AsyncIterator[bytes]:
+        """FETCH of UID/FLAGS/MODSEQ only: rows straight from the store, one `%` format per message
+        (`UID FETCH 1:* (FLAGS)` on a large folder is a client's resync)."""
+        pieces = {"UID": b"UID %(uid)d", "FLAGS": b"FLAGS (%(flags)s)", "MODSEQ": b"MODSEQ (%(modseq)d)"}
+        template = b"* %(seq)d FETCH (" + b" ".join(pieces[a.name] for a in atts) + b")\r\n"
+        track = any(a.name == "FLAGS" for a in atts)
+        known = sel.uids
+        cursor = bisect.bisect_left(known, uids[0])
+        wanted = 0  # moving index into `uids` (ascending, like the rows)
+        encoded: dict[str, bytes] = {}
+        out = bytearray()
+        async for rows in self.backend.fetch_flags(sel.folder_id, (uids[0], uids[-1]), changedsince):
+            for uid, text, modseq in rows:
+                while wanted < len(uids) and uids[wanted] < uid:
+                    wanted += 1
+                if wanted >= len(uids) or uids[wanted] != uid:
+                    continue  # not asked for
+                while cursor < len(known) and known[cursor] < uid:
+                    cursor += 1
+                if cursor >= len(known) or known[cursor] != uid:
+                    continue  # arrived after this session last looked: not numbered yet
+                flags = encoded.get(text)
+                if flags is None:
+                    flags = encoded[text] = text.encode("utf-8")
+                out += template % {b"seq": cursor + 1, b"uid": uid, b"flags": flags, b"modseq": modseq}
+                if track:
+                    sel.reported[uid] = modseq
+            if len(out) >= _CHUNK:
+                yield bytes(out)
+                out.clear()
+        if out:
+            yield bytes(out)
 
     async def _store(self, cmd: c.Store) -> AsyncIterator[Output]:
         sel = self._sel()
@@ -1111,6 +1150,8 @@ def _children_attr(name: str, names: Sequence[str]) -> list[str]:
 
 
 _HEADER_ONLY = frozenset({"RFC822.HEADER"})
+#: FETCH attributes the `fetch_flags` fast path renders.
+_FLAGS_ONLY = frozenset({"UID", "FLAGS", "MODSEQ"})
 _META = frozenset({"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"})
 #: Answered from the backend's precomputed summary (`imap.summary`), not from the message.
 _SUMMARY = frozenset({"ENVELOPE", "BODYSTRUCTURE"})

@@ -81,6 +81,8 @@ log = get_logger(__name__)
 BATCH = 200
 #: Messages per round trip when only metadata (flags, sizes, dates) is fetched.
 META_BATCH = 5000
+#: Rows per round trip of the FETCH FLAGS fast path (three columns, no object per row).
+FLAGS_BATCH = 20000
 
 _MODES: dict[str, FlagMode] = {"": FlagMode.SET, "+": FlagMode.ADD, "-": FlagMode.REMOVE}
 
@@ -413,6 +415,23 @@ class StoreBackend:
                     flags_changed=now is not None,
                     summary=summary,
                 )
+
+    async def fetch_flags(
+        self, folder_id: int, uid_range: tuple[int, int], changedsince: int | None
+    ) -> AsyncIterator[Sequence[tuple[int, str, int]]]:
+        self._folder(folder_id)
+        first, last = uid_range
+        while first <= last:
+            with _store_errors():
+                rows = await self.store.flag_rows(
+                    folder_id, first, last, changed_since=changedsince, limit=FLAGS_BATCH
+                )
+            if not rows:
+                return
+            yield rows
+            if len(rows) < FLAGS_BATCH:
+                return
+            first = rows[-1][0] + 1
 
     def _audit_read(self, folder: _Folder, uid: int) -> None:
         if self.audit is None:

@@ -1118,6 +1118,20 @@ class MailStore:
             deleted,
         )
 
+    async def flag_rows(
+        self, folder_id: int, first_uid: int, last_uid: int, *, changed_since: int | None = None, limit: int
+    ) -> list[tuple[int, str, int]]:
+        """(uid, flags as stored: space-separated, modseq) of at most `limit` messages with
+        `first_uid <= uid <= last_uid`, in UID order: FETCH FLAGS without a row object per message."""
+        query = select(Message.uid, Message.flags, Message.modseq).where(
+            Message.folder_id == folder_id, Message.uid.between(first_uid, last_uid)
+        )
+        if changed_since is not None:
+            query = query.where(Message.modseq > changed_since)
+        async with self._read() as session:
+            result = await session.execute(query.order_by(Message.uid).limit(limit))
+            return [(int(u), f, int(m)) for u, f, m in result.all()]
+
     async def search_messages(self, folder_id: int, where: MessageFilter) -> list[MessageInfo]:
         """Messages of a folder in UID order that satisfy `where` (the SQL part of a SEARCH)."""
         conditions: list[Any] = [Message.folder_id == folder_id]

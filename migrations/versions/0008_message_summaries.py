@@ -1,4 +1,5 @@
-"""imap: encrypted per-body summaries (ENVELOPE, BODYSTRUCTURE, header block, search headers)
+"""imap: encrypted per-body summaries (ENVELOPE, BODYSTRUCTURE, header block, search headers);
+tombstone pruning (folders.tombstone_floor, expunged_messages.expunged_at)
 
 Revision ID: 0008
 Revises: 0007
@@ -31,7 +32,16 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("body_id", name=op.f("pk_message_summaries")),
     )
+    with op.batch_alter_table("folders") as batch:
+        batch.add_column(sa.Column("tombstone_floor", sa.BigInteger(), server_default="0", nullable=False))
+    with op.batch_alter_table("expunged_messages") as batch:
+        # Existing tombstones have no date: they are pruned by count only.
+        batch.add_column(sa.Column("expunged_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("expunged_messages") as batch:
+        batch.drop_column("expunged_at")
+    with op.batch_alter_table("folders") as batch:
+        batch.drop_column("tombstone_floor")
     op.drop_table("message_summaries")

@@ -135,6 +135,10 @@ class Changes:
     highestmodseq: int
     expunged: Sequence[int] = ()  # UIDs removed
     changed: Sequence[FlagChange] = ()  # messages added or whose flags changed (current flags)
+    #: When the store no longer remembers every UID expunged after the modseq asked for (pruned
+    #: tombstones), `expunged` is partial and this is every UID now in the folder, ascending:
+    #: what the session knew and is not here vanished.
+    present: Sequence[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

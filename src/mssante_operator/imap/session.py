@@ -543,6 +543,11 @@ class Session:
         if q.known_uids is not None:
             # Known UIDs that are not here any more: exact even when tombstones have been purged.
             line = r.vanished_ranges(missing_ranges(q.known_uids, sel.uids, below=uidnext), earlier=True)
+        elif changes.present is not None:
+            # Tombstones since the client's modseq were pruned: every UID it may have seen and that
+            # is not here (RFC 7162 3.2.5.2), as ranges.
+            everything = SequenceSet(((1, max(uidnext - 1, 1)),))
+            line = r.vanished_ranges(missing_ranges(everything, sel.uids, below=uidnext), earlier=True)
         else:
             line = r.vanished([u for u in changes.expunged if sel.seq_of(u) is None], earlier=True)
         if line:
@@ -744,6 +749,10 @@ class Session:
         changes = await self.backend.changes_since(sel.folder_id, sel.modseq)
         out: list[bytes] = []
         gone = {u for u in changes.expunged if sel.seq_of(u) is not None} | sel.pending_expunge
+        if changes.present is not None:  # pruned tombstones: compare with what is there now
+            last_known = sel.uids[-1] if sel.uids else 0
+            here = {u for u in changes.present if u <= last_known}
+            gone |= {u for u in sel.uids if u not in here}
         if gone:
             if allow_expunge:
                 out.extend(self._expunge_lines(sel, gone))
@@ -880,8 +889,20 @@ class Session:
         if cmd.vanished and cmd.changedsince is not None:
             changes = await self.backend.changes_since(sel.folder_id, cmd.changedsince)
             star = sel.uids[-1] if sel.uids else 0
-            gone = [u for u in changes.expunged if cmd.sequence.contains(u, star) and sel.seq_of(u) is None]
-            line = r.vanished(gone, earlier=True)
+            if changes.present is not None:  # pruned tombstones: every absent UID of the set
+                wanted = SequenceSet(
+                    tuple(
+                        (star if a is None else a, star if b is None else b) for a, b in cmd.sequence.ranges
+                    )
+                )
+                line = r.vanished_ranges(
+                    missing_ranges(wanted, changes.present, below=star + 1), earlier=True
+                )
+            else:
+                gone = [
+                    u for u in changes.expunged if cmd.sequence.contains(u, star) and sel.seq_of(u) is None
+                ]
+                line = r.vanished(gone, earlier=True)
             if line:
                 yield line
         failed: str | None = None

@@ -318,6 +318,7 @@ class StoreBackend:
             highestmodseq=changes.highestmodseq,
             expunged=changes.expunged,
             changed=[FlagChange(m.uid, m.flags, m.modseq) for m in changes.changed],
+            present=changes.present,
         )
 
     async def create(self, name: str, special_use: Sequence[str]) -> None:

@@ -84,16 +84,16 @@ def _search_part(part: mime.Part) -> bytes:
     # Imported here: search imports this module's SEARCH_FIELDS.
     from mssante_operator.imap import search
 
-    headers: dict[str, list[str]] = {}
+    # Lines, not JSON: SEARCH decodes one of these per candidate message. Normalised values have
+    # no tab or line break (whitespace runs are collapsed to one space).
+    sent = search.sent_date(part)
+    lines = [sent.isoformat() if sent else ""]
     for h in part.headers:
         name = h.name.lower()
         if name in SEARCH_FIELDS:
             value = search.decode_header_text(mime.unfold(part.raw[h.value_start : h.end]))
-            headers.setdefault(name, []).append(search.normalize(value))
-    sent = search.sent_date(part)
-    return json.dumps(
-        {"h": headers, "d": sent.isoformat() if sent else None}, ensure_ascii=False, separators=(",", ":")
-    ).encode("utf-8", "surrogatepass")
+            lines.append(name + "\t" + search.normalize(value))
+    return "\n".join(lines).encode("utf-8")
 
 
 def summarize(raw: bytes) -> tuple[bytes, bytes]:
@@ -109,9 +109,12 @@ def summarize(raw: bytes) -> tuple[bytes, bytes]:
 
 
 def decode_search(data: bytes) -> SearchFields:
-    obj = json.loads(data.decode("utf-8", "surrogatepass"))
-    sent = obj.get("d")
-    return SearchFields(obj["h"], dt.date.fromisoformat(sent) if sent else None)
+    sent, *lines = data.decode("utf-8").split("\n")
+    headers: dict[str, list[str]] = {}
+    for line in lines:
+        name, _, value = line.partition("\t")
+        headers.setdefault(name, []).append(value)
+    return SearchFields(headers, dt.date.fromisoformat(sent) if sent else None)
 
 
 def decode_summary(data: bytes) -> Summary:

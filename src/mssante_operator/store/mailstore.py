@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -251,6 +251,17 @@ class FolderChanges:
     highestmodseq: int
     expunged: list[int]  # UIDs, ascending
     changed: list[MessageInfo]  # new or re-flagged messages, UID order
+    #: Set when tombstones newer than `modseq` may have been pruned (`expunged` is then partial):
+    #: every UID now in the folder, ascending; whatever the caller knew and is not here vanished.
+    present: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class TombstonePolicy:
+    """How long expunged UIDs are remembered for QRESYNC (per folder, pruned at each expunge)."""
+
+    max_age: timedelta | None = timedelta(days=90)
+    max_per_folder: int | None = 100_000
 
 
 @dataclass(frozen=True)
@@ -316,8 +327,10 @@ class MailStore:
         bodies: BodyStorage | None = None,
         *,
         changes: ChangeHub | None = None,
+        tombstones: TombstonePolicy | None = None,
     ) -> None:
         self._sessions = sessions
+        self._tombstone_policy = tombstones if tombstones is not None else TombstonePolicy()
         self._master = master_key
         self._bodies: BodyStorage = bodies if bodies is not None else DatabaseBodyStorage()
         #: Subscribe here to be told of new messages, flag changes and expunges (IMAP IDLE).
@@ -1159,21 +1172,73 @@ class MailStore:
             for mid, uid, flags, when, size, modseq in rows
         ]
 
-    @staticmethod
-    async def _tombstones(session: AsyncSession, folder_id: int, uids: Sequence[int], modseq: int) -> None:
+    async def _tombstones(
+        self, session: AsyncSession, folder_id: int, uids: Sequence[int], modseq: int
+    ) -> None:
         # Remembered for QRESYNC: a client that saw these UIDs learns they are gone (VANISHED).
         if uids:
-            session.add_all([ExpungedMessage(folder_id=folder_id, uid=uid, modseq=modseq) for uid in uids])
+            now = datetime.now(UTC)
+            session.add_all(
+                [
+                    ExpungedMessage(folder_id=folder_id, uid=uid, modseq=modseq, expunged_at=now)
+                    for uid in uids
+                ]
+            )
+            await self._prune_tombstones(session, folder_id)
+
+    async def _prune_tombstones(self, session: AsyncSession, folder_id: int) -> None:
+        """Forget the oldest tombstones of a folder beyond the policy's age and count, and raise
+        the folder's `tombstone_floor` so `changes_since` knows its answer may be partial."""
+        policy = self._tombstone_policy
+        in_folder = ExpungedMessage.folder_id == folder_id
+        cutoff = 0
+        if policy.max_age is not None:
+            aged = await session.scalar(
+                select(func.max(ExpungedMessage.modseq)).where(
+                    in_folder, ExpungedMessage.expunged_at < datetime.now(UTC) - policy.max_age
+                )
+            )
+            cutoff = int(aged or 0)
+        if policy.max_per_folder is not None:
+            count = int(await session.scalar(select(func.count()).where(in_folder)) or 0)
+            excess = count - policy.max_per_folder
+            if excess > 0:
+                nth = await session.scalar(
+                    select(ExpungedMessage.modseq)
+                    .where(in_folder)
+                    .order_by(ExpungedMessage.modseq)
+                    .offset(excess - 1)
+                    .limit(1)
+                )
+                cutoff = max(cutoff, int(nth or 0))
+        if cutoff:
+            await session.execute(
+                delete(ExpungedMessage)
+                .where(in_folder, ExpungedMessage.modseq <= cutoff)
+                .execution_options(synchronize_session=False)
+            )
+            await session.execute(
+                update(Folder)
+                .where(Folder.id == folder_id, Folder.tombstone_floor < cutoff)
+                .values(tombstone_floor=cutoff)
+                .execution_options(synchronize_session=False)
+            )
 
     async def changes_since(self, folder_id: int, modseq: int) -> FolderChanges:
         """What changed in a folder after `modseq`: messages added or re-flagged, UIDs expunged.
 
         `highestmodseq` is read first, so a change committed meanwhile is reported again next time
-        rather than never."""
+        rather than never. If tombstones after `modseq` were pruned, `present` lists the folder's
+        UIDs so the caller can tell what vanished (RFC 7162 3.2.5.2: report every absent UID)."""
         async with self._read() as session:
-            highest = await session.scalar(select(Folder.highestmodseq).where(Folder.id == folder_id))
-            if highest is None:
+            row = (
+                await session.execute(
+                    select(Folder.highestmodseq, Folder.tombstone_floor).where(Folder.id == folder_id)
+                )
+            ).one_or_none()
+            if row is None:
                 raise FolderNotFound(f"folder {folder_id} does not exist")
+            highest, floor = row
             expunged = list(
                 await session.scalars(
                     select(ExpungedMessage.uid)
@@ -1181,8 +1246,16 @@ class MailStore:
                     .order_by(ExpungedMessage.uid)
                 )
             )
+            present: list[int] | None = None
+            if modseq < int(floor or 0):
+                present = [
+                    int(u)
+                    for u in await session.scalars(
+                        select(Message.uid).where(Message.folder_id == folder_id).order_by(Message.uid)
+                    )
+                ]
         changed = await self.list_messages(folder_id, changed_since=modseq)
-        return FolderChanges(int(highest), [int(u) for u in expunged], changed)
+        return FolderChanges(int(highest), [int(u) for u in expunged], changed, present)
 
     async def folder_modseqs(self, folder_ids: Sequence[int]) -> dict[int, int]:
         """HIGHESTMODSEQ of each folder that still exists: the cheap change counter other
@@ -1535,4 +1608,8 @@ def build_mailstore(
         MasterKey.load(settings.master_key_file),
         body_storage_for(settings.body_backend),
         changes=changes,
+        tombstones=TombstonePolicy(
+            max_age=timedelta(days=settings.tombstone_max_age_days),
+            max_per_folder=settings.tombstone_max_per_folder,
+        ),
     )

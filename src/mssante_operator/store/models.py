@@ -126,6 +126,9 @@ class Folder(Base):
     uidvalidity: Mapped[int] = mapped_column(BigInteger)
     uidnext: Mapped[int] = mapped_column(BigInteger, default=1)
     highestmodseq: Mapped[int] = mapped_column(BigInteger, default=1)
+    # Tombstones with a modseq up to this one may have been pruned: a client that last saw an
+    # older modseq cannot be told exactly what vanished and gets every absent UID instead.
+    tombstone_floor: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     mailbox: Mapped[Mailbox] = relationship(back_populates="folders")
@@ -199,6 +202,8 @@ class ExpungedMessage(Base):
     )
     uid: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     modseq: Mapped[int] = mapped_column(BigInteger)
+    # When it was expunged: tombstones older than `store.tombstone_max_age_days` are pruned.
+    expunged_at: Mapped[datetime | None] = mapped_column(default=utcnow)
 
 
 class QueueEntry(Base):

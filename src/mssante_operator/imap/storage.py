@@ -56,7 +56,7 @@ from mssante_operator.imap.commands import (
     SearchSize,
 )
 from mssante_operator.imap.notify import FolderWatcher
-from mssante_operator.imap.summary import SearchFields, Summary, decode_search, decode_summary
+from mssante_operator.imap.summary import Summary, decode_search, decode_summary
 from mssante_operator.ops.logging import get_logger
 from mssante_operator.pki.identity import CertificateIdentity
 from mssante_operator.store.mailstore import (
@@ -453,34 +453,46 @@ class StoreBackend:
     async def search(self, folder_id: int, key: SearchKey) -> SearchHits:
         self._folder(folder_id)
         needed = imap_search.content_needed(key)
-        with _store_errors():
-            # The metadata conjuncts narrow the candidates in SQL; every candidate is then checked
-            # against the whole key below, so the SQL part only has to be a superset.
-            rows = await self.store.search_messages(folder_id, sql_filter(key))
-        max_uid = rows[-1].uid if rows else 0
-        step = BATCH if needed in ("header", "full") else META_BATCH
+        # The metadata conjuncts narrow the candidates in SQL; every candidate is then checked
+        # against the whole key, so the SQL part only has to be a superset of the matches.
+        where = sql_filter(key)
+        if needed in ("none", "full"):
+            with _store_errors():
+                rows = await self.store.search_messages(folder_id, where)
+            candidates: list[tuple[MessageInfo, bytes | None]] = [(m, None) for m in rows]
+        else:
+            # Header keys: the encrypted summaries come with the metadata, in one query.
+            with _store_errors():
+                candidates = await self.store.search_summaries(
+                    folder_id, where, "search" if needed == "summary" else "summary"
+                )
+                lazy = [m.message_id for m, plain in candidates if plain is None]
+                if lazy:  # bodies stored before summaries existed: summarised once, now
+                    done = await self.store.read_summaries(
+                        lazy, "search" if needed == "summary" else "summary"
+                    )
+                    candidates = [
+                        (m, plain if plain is not None else done.get(m.message_id)) for m, plain in candidates
+                    ]
+        max_uid = candidates[-1][0].uid if candidates else 0
         hits: list[MessageInfo] = []
-        for start in range(0, len(rows), step):
-            batch = rows[start : start + step]
-            texts: dict[int, bytes] = {}
-            fields: dict[int, SearchFields] = {}
-            if needed != "none":
-                # Bodies are encrypted at rest: header keys read the encrypted summaries, text keys
-                # the decrypted message.
-                ids = [m.message_id for m in batch]
+        step = BATCH if needed == "full" else len(candidates) or 1
+        for start in range(0, len(candidates), step):
+            batch = candidates[start : start + step]
+            bodies: dict[int, bytes] = {}
+            missing = [m.message_id for m, plain in batch if plain is None] if needed != "none" else []
+            if missing:
+                # Text keys (or a message that cannot be summarised): the decrypted message.
                 with _store_errors():
-                    if needed == "summary":
-                        plain = await self.store.read_summaries(ids, "search")
-                        fields = {mid: decode_search(data) for mid, data in plain.items()}
-                    elif needed == "header":
-                        plain = await self.store.read_summaries(ids, "summary")
-                        texts = {mid: decode_summary(data).header for mid, data in plain.items()}
-                    missing = [mid for mid in ids if mid not in fields and mid not in texts]
-                    if missing:
-                        texts.update(await self.store.read_message_bodies(missing))
-            for info in batch:
-                msg = _search_message(info, texts.get(info.message_id, b""), None)
-                msg.fields = fields.get(info.message_id)
+                    bodies = await self.store.read_message_bodies(missing)
+            for info, plain in batch:
+                if plain is None:
+                    msg = _search_message(info, bodies.get(info.message_id, b""), None)
+                elif needed == "summary":
+                    msg = _search_message(info, b"", None)
+                    msg.fields = decode_search(plain)
+                else:
+                    msg = _search_message(info, decode_summary(plain).header, None)
                 if imap_search.matches(key, msg, max_uid=max_uid, count=0):
                     hits.append(info)
         return SearchHits([m.uid for m in hits], max((m.modseq for m in hits), default=None))

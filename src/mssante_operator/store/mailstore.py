@@ -1147,6 +1147,59 @@ class MailStore:
 
     async def search_messages(self, folder_id: int, where: MessageFilter) -> list[MessageInfo]:
         """Messages of a folder in UID order that satisfy `where` (the SQL part of a SEARCH)."""
+        query = select(
+            Message.id, Message.uid, Message.flags, Message.internal_date, Message.size, Message.modseq
+        ).where(*self._filter(folder_id, where))
+        async with self._read() as session:
+            rows = (await session.execute(query.order_by(Message.uid))).all()
+        return [
+            MessageInfo(int(mid), int(uid), _flag_tuple(flags), _aware(when), int(size), int(modseq))
+            for mid, uid, flags, when, size, modseq in rows
+        ]
+
+    async def search_summaries(
+        self, folder_id: int, where: MessageFilter, part: SummaryPart
+    ) -> list[tuple[MessageInfo, bytes | None]]:
+        """`search_messages` with each message's decrypted summary part in the same query (None
+        where the body has no summary yet: `read_summaries` computes those)."""
+        column = MessageSummary.search if part == "search" else MessageSummary.summary
+        query = (
+            select(
+                Message.id,
+                Message.uid,
+                Message.flags,
+                Message.internal_date,
+                Message.size,
+                Message.modseq,
+                Message.body_id,
+                Message.wrapped_body_key,
+                column,
+                MessageSummary.version,
+            )
+            .outerjoin(MessageSummary, MessageSummary.body_id == Message.body_id)
+            .where(*self._filter(folder_id, where))
+        )
+        async with self._read() as session:
+            wrapped_data = await session.scalar(
+                select(Mailbox.wrapped_data_key)
+                .join(Folder, Folder.mailbox_id == Mailbox.id)
+                .where(Folder.id == folder_id)
+            )
+            if wrapped_data is None:
+                raise FolderNotFound(f"folder {folder_id} does not exist")
+            rows = (await session.execute(query.order_by(Message.uid))).all()
+        data_key = self._master.unwrap(wrapped_data)
+        out: list[tuple[MessageInfo, bytes | None]] = []
+        for mid, uid, flags, when, size, modseq, body_id, wrapped, blob, version in rows:
+            info = MessageInfo(int(mid), int(uid), _flag_tuple(flags), _aware(when), int(size), int(modseq))
+            plain: bytes | None = None
+            if blob is not None and version == SUMMARY_VERSION:
+                content_key = unwrap_key(data_key, wrapped, what="content key of a message")
+                plain = decrypt_body(content_key, blob, summary_aad(body_id, part))
+            out.append((info, plain))
+        return out
+
+    def _filter(self, folder_id: int, where: MessageFilter) -> list[Any]:
         conditions: list[Any] = [Message.folder_id == folder_id]
         if where.since is not None:
             conditions.append(Message.internal_date >= where.since)
@@ -1162,15 +1215,7 @@ class MailStore:
             conditions.append(Message.size < where.smaller)
         if where.min_modseq is not None:
             conditions.append(Message.modseq >= where.min_modseq)
-        query = select(
-            Message.id, Message.uid, Message.flags, Message.internal_date, Message.size, Message.modseq
-        ).where(*conditions)
-        async with self._read() as session:
-            rows = (await session.execute(query.order_by(Message.uid))).all()
-        return [
-            MessageInfo(int(mid), int(uid), _flag_tuple(flags), _aware(when), int(size), int(modseq))
-            for mid, uid, flags, when, size, modseq in rows
-        ]
+        return conditions
 
     async def _tombstones(
         self, session: AsyncSession, folder_id: int, uids: Sequence[int], modseq: int

@@ -47,6 +47,7 @@ from mssante_operator.imap.backend import (
 )
 from mssante_operator.imap.commands import (
     LiteralSink,
+    SearchAll,
     SearchAnd,
     SearchDate,
     SearchFlag,
@@ -452,10 +453,14 @@ class StoreBackend:
 
     async def search(self, folder_id: int, key: SearchKey) -> SearchHits:
         self._folder(folder_id)
+        # Metadata conjuncts are answered in SQL; the rest is checked in Python on what SQL returns.
+        where, rest = sql_filter(key)
+        if rest is None:
+            with _store_errors():
+                found = await self.store.search_uids(folder_id, where)
+            return SearchHits([u for u, _ in found], max((m for _, m in found), default=None))
+        key = rest
         needed = imap_search.content_needed(key)
-        # The metadata conjuncts narrow the candidates in SQL; every candidate is then checked
-        # against the whole key, so the SQL part only has to be a superset of the matches.
-        where = sql_filter(key)
         if needed in ("none", "full"):
             with _store_errors():
                 rows = await self.store.search_messages(folder_id, where)
@@ -577,10 +582,11 @@ def _midnight(day: dt.date) -> dt.datetime:
     return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
 
 
-def sql_filter(key: SearchKey) -> MessageFilter:
-    """The part of a SEARCH key the store can evaluate in SQL: top-level conjuncts on internal
-    date, system flags, UIDs, size and modseq. A superset of the matches (dates are widened by a
-    day, keywords and everything under OR/NOT are left to the Python evaluator)."""
+def sql_filter(key: SearchKey) -> tuple[MessageFilter, SearchKey | None]:
+    """Split a SEARCH key into what the store evaluates in SQL — top-level conjuncts on internal
+    date (UTC days, as the Python evaluator compares them), system flags, UIDs, size and modseq —
+    and the residual key (None if nothing is left) the Python evaluator checks on the rows SQL
+    returns: keywords (case-insensitive), header and text keys, OR/NOT trees."""
     keys = key.keys if isinstance(key, SearchAnd) else (key,)
     since: dt.datetime | None = None
     before: dt.datetime | None = None
@@ -590,23 +596,24 @@ def sql_filter(key: SearchKey) -> MessageFilter:
     larger: int | None = None
     smaller: int | None = None
     min_modseq: int | None = None
+    residual: list[SearchKey] = []
     day = dt.timedelta(days=1)
     for k in keys:
         if isinstance(k, SearchDate) and not k.sent:
             if k.op in ("SINCE", "ON"):
-                start = _midnight(k.date) - day
+                start = _midnight(k.date)
                 since = start if since is None else max(since, start)
             if k.op in ("BEFORE", "ON"):
-                end = _midnight(k.date) + 2 * day
+                end = _midnight(k.date) + (day if k.op == "ON" else dt.timedelta(0))
                 before = end if before is None else min(before, end)
         elif isinstance(k, SearchFlag) and k.flag.startswith("\\"):
             (with_flags if k.present else without_flags).append(k.flag)
         elif isinstance(k, SearchSet) and k.uid and not k.sequence.uses_star and uid_ranges is None:
             ranges = [(min(a, b), max(a, b)) for a, b in k.sequence.ranges if a is not None and b is not None]
-            if len(ranges) == len(k.sequence.ranges):
-                if len(ranges) > 100:  # keep the statement small: one covering range
-                    ranges = [(min(a for a, _ in ranges), max(b for _, b in ranges))]
-                uid_ranges = tuple(ranges)
+            if len(ranges) > 100:  # keep the statement small: one covering range, checked again
+                ranges = [(min(a for a, _ in ranges), max(b for _, b in ranges))]
+                residual.append(k)
+            uid_ranges = tuple(ranges)
         elif isinstance(k, SearchSize):
             if k.op == "LARGER":
                 larger = k.size if larger is None else max(larger, k.size)
@@ -614,7 +621,9 @@ def sql_filter(key: SearchKey) -> MessageFilter:
                 smaller = k.size if smaller is None else min(smaller, k.size)
         elif isinstance(k, SearchModSeq):
             min_modseq = k.modseq if min_modseq is None else max(min_modseq, k.modseq)
-    return MessageFilter(
+        elif not isinstance(k, SearchAll):
+            residual.append(k)
+    where = MessageFilter(
         since=since,
         before=before,
         uid_ranges=uid_ranges,
@@ -624,6 +633,12 @@ def sql_filter(key: SearchKey) -> MessageFilter:
         smaller=smaller,
         min_modseq=min_modseq,
     )
+    rest: SearchKey | None = None
+    if len(residual) == 1:
+        rest = residual[0]
+    elif residual:
+        rest = SearchAnd(tuple(residual))
+    return where, rest
 
 
 def _header_block(raw: bytes) -> bytes:

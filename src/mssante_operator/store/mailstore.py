@@ -1157,6 +1157,14 @@ class MailStore:
             for mid, uid, flags, when, size, modseq in rows
         ]
 
+    async def search_uids(self, folder_id: int, where: MessageFilter) -> list[tuple[int, int]]:
+        """(uid, modseq) of the messages that satisfy `where`, in UID order (a SEARCH answered in SQL)."""
+        query = (
+            select(Message.uid, Message.modseq).where(*self._filter(folder_id, where)).order_by(Message.uid)
+        )
+        async with self._read() as session:
+            return [(int(u), int(m)) for u, m in (await session.execute(query)).all()]
+
     async def search_summaries(
         self, folder_id: int, where: MessageFilter, part: SummaryPart
     ) -> list[tuple[MessageInfo, bytes | None]]:

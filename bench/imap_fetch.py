@@ -1,4 +1,4 @@
-"""IMAP FETCH/SEARCH throughput on a 10,000-message mailbox, through `ImapService` over TLS.
+"""IMAP FETCH/SEARCH on a 10,000- (or 100,000-) message mailbox, through `ImapService` over TLS.
 
     .venv/bin/python bench/imap_fetch.py [--messages 10000] [--backend all|sqlite|postgresql]
 

@@ -310,3 +310,43 @@ async def test_old_tombstones_are_pruned_by_age(env: ImapEnv) -> None:
     assert floor is not None and floor > start
     recent = await env.store.changes_since(folder.id, int(floor))
     assert recent.present is None and recent.expunged == [2]
+
+
+# -- long UID sets ----------------------------------------------------------------------------------
+
+
+async def test_store_copy_move_expunge_with_uid_sets_longer_than_one_in_list(
+    env: ImapEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # asyncpg takes at most 32,767 parameters: long sets (STORE 1:* on 100,000 messages) become a
+    # BETWEEN filtered in Python and chunked id lists. A limit of 3 exercises that path on 8 messages.
+    from mssante_operator.store import mailstore
+
+    monkeypatch.setattr(mailstore, "_IN_LIMIT", 3)
+    for i in range(8):
+        await env.store.store_message(message(f"l{i}"), local_recipients=[ORG])
+
+    def scenario() -> dict[str, list[object]]:
+        client = env.implicit_client()
+        ok(client.login(ORG, PASSWORD))
+        ok(client.select("INBOX"))
+        out = {"store": ok(client.uid("STORE", "1:2,4:8", "+FLAGS.SILENT", "(\\Seen)"))}
+        out["copy"] = ok(client._simple_command("UID", "COPY", "1,3:5,7", "Archive"))
+        out["flags"] = ok(client.uid("FETCH", "1:*", "(FLAGS)"))
+        ok(client.uid("STORE", "1,2,3,5,6,8", "+FLAGS.SILENT", "(\\Deleted)"))
+        out["expunge"] = ok(client._simple_command("UID", "EXPUNGE", "1:3,5:7"))
+        out["left"] = ok(client.uid("SEARCH", "ALL"))
+        client.logout()
+        return out
+
+    out = await asyncio.to_thread(scenario)
+    assert [re.sub(rb" MODSEQ \(\d+\)", b"", x) for x in out["flags"]] == [  # type: ignore[type-var]
+        b"1 (UID 1 FLAGS (\\Seen))",
+        b"2 (UID 2 FLAGS (\\Seen))",
+        b"3 (UID 3 FLAGS ())",
+        *(f"{u} (UID {u} FLAGS (\\Seen))".encode() for u in range(4, 9)),
+    ]
+    assert out["left"] == [b"4 7 8"]
+    archive = await env.store.get_folder(ORG, "Archive")
+    copied = await env.store.list_messages(archive.id)
+    assert [m.flags for m in copied] == [("\\Seen",), (), ("\\Seen",), ("\\Seen",), ("\\Seen",)]

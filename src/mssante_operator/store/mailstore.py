@@ -239,6 +239,23 @@ class MessageFilter:
     min_modseq: int | None = None
 
 
+#: Longest IN list sent in one statement (asyncpg takes at most 32,767 parameters): longer UID sets
+#: (`STORE 1:*` on a 100,000-message folder) become a BETWEEN filtered in Python, id lists chunks.
+_IN_LIMIT = 5000
+
+
+def _uid_in(uids: Sequence[int]) -> tuple[Any, set[int] | None]:
+    """A condition selecting at least `uids`, and the set rows must be filtered by (None: exact)."""
+    wanted = list(uids)
+    if len(wanted) <= _IN_LIMIT:
+        return Message.uid.in_(wanted), None
+    return Message.uid.between(min(wanted), max(wanted)), set(wanted)
+
+
+def _chunks(ids: Sequence[int]) -> list[list[int]]:
+    return [list(ids[i : i + _IN_LIMIT]) for i in range(0, len(ids), _IN_LIMIT)]
+
+
 def _has_flag(flag: str) -> Any:
     # Flags are stored space-separated: match the whole token, not a substring ($a vs $ab).
     return (literal(" ") + Message.flags + literal(" ")).contains(f" {flag} ", autoescape=True)
@@ -879,21 +896,23 @@ class MailStore:
         """Delete the given bodies if nothing refers to them any more (same transaction)."""
         if not body_ids:
             return 0
-        orphans = list(
-            await session.scalars(
-                select(MessageBody.id).where(
-                    MessageBody.id.in_(body_ids),
-                    ~exists().where(Message.body_id == MessageBody.id),
-                    ~exists().where(QueueEntry.body_id == MessageBody.id),
+        orphans: list[int] = []
+        for chunk in _chunks(sorted(body_ids)):
+            orphans.extend(
+                await session.scalars(
+                    select(MessageBody.id).where(
+                        MessageBody.id.in_(chunk),
+                        ~exists().where(Message.body_id == MessageBody.id),
+                        ~exists().where(QueueEntry.body_id == MessageBody.id),
+                    )
                 )
             )
-        )
         for body_id in orphans:
             await self._bodies.delete(session, body_id)
-        if orphans:
+        for chunk in _chunks(orphans):
             await session.execute(
                 delete(MessageBody)
-                .where(MessageBody.id.in_(orphans))
+                .where(MessageBody.id.in_(chunk))
                 .execution_options(synchronize_session=False)
             )
         return len(orphans)
@@ -1079,12 +1098,16 @@ class MailStore:
         ).where(Message.folder_id == folder_id)
         if changed_since is not None:
             query = query.where(Message.modseq > changed_since)
+        keep: set[int] | None = None
         if uids is not None:
-            query = query.where(Message.uid.in_(list(uids)))
+            condition, keep = _uid_in(uids)
+            query = query.where(condition)
         if uid_range is not None:
             query = query.where(Message.uid.between(uid_range[0], uid_range[1]))
         async with self._read() as session:
             rows = (await session.execute(query.order_by(Message.uid))).all()
+        if keep is not None:
+            rows = [r for r in rows if r[1] in keep]
         return [
             MessageInfo(
                 message_id=mid,
@@ -1474,6 +1497,7 @@ class MailStore:
         changed: list[MessageInfo] = []
         unchanged: list[MessageInfo] = []
         modified: list[int] = []
+        uid_condition, keep = _uid_in(uids)
         async with self._write() as session:
             folder = await self._lock_folder(session, folder_id)
             rows = (
@@ -1486,10 +1510,12 @@ class MailStore:
                         Message.size,
                         Message.modseq,
                     )
-                    .where(Message.folder_id == folder_id, Message.uid.in_(list(uids)))
+                    .where(Message.folder_id == folder_id, uid_condition)
                     .order_by(Message.uid)
                 )
             ).all()
+            if keep is not None:
+                rows = [r for r in rows if r[1] in keep]
             pending: list[tuple[int, int, str, datetime, int]] = []
             for mid, uid, current_text, when, size, modseq in rows:
                 current = list(_flag_tuple(current_text))
@@ -1510,14 +1536,19 @@ class MailStore:
             if pending:
                 folder.highestmodseq += 1
                 new_modseq = folder.highestmodseq
+                # One UPDATE per distinct new flag set (and per chunk of ids), not per message.
+                by_text: dict[str, list[int]] = {}
                 for mid, uid, new_text, when, size in pending:
-                    await session.execute(
-                        update(Message)
-                        .where(Message.id == mid)
-                        .values(flags=new_text, modseq=new_modseq)
-                        .execution_options(synchronize_session=False)
-                    )
+                    by_text.setdefault(new_text, []).append(mid)
                     changed.append(MessageInfo(mid, uid, _flag_tuple(new_text), when, size, new_modseq))
+                for new_text, ids in by_text.items():
+                    for chunk in _chunks(ids):
+                        await session.execute(
+                            update(Message)
+                            .where(Message.id.in_(chunk))
+                            .values(flags=new_text, modseq=new_modseq)
+                            .execution_options(synchronize_session=False)
+                        )
                 await session.flush()
             mailbox_id = folder.mailbox_id
         if changed:
@@ -1533,15 +1564,22 @@ class MailStore:
             query = select(Message.id, Message.uid, Message.body_id, Message.flags).where(
                 Message.folder_id == folder_id, Message.flags.contains("\\Deleted", autoescape=True)
             )
+            keep: set[int] | None = None
             if uids is not None:
-                query = query.where(Message.uid.in_(list(uids)))
-            rows = [r for r in (await session.execute(query)).all() if "\\Deleted" in _flag_tuple(r[3])]
+                condition, keep = _uid_in(uids)
+                query = query.where(condition)
+            rows = [
+                r
+                for r in (await session.execute(query)).all()
+                if "\\Deleted" in _flag_tuple(r[3]) and (keep is None or r[1] in keep)
+            ]
             if rows:
-                await session.execute(
-                    delete(Message)
-                    .where(Message.id.in_([r[0] for r in rows]))
-                    .execution_options(synchronize_session=False)
-                )
+                for chunk in _chunks([r[0] for r in rows]):
+                    await session.execute(
+                        delete(Message)
+                        .where(Message.id.in_(chunk))
+                        .execution_options(synchronize_session=False)
+                    )
                 folder.highestmodseq += 1
                 await self._tombstones(session, folder_id, [int(r[1]) for r in rows], folder.highestmodseq)
                 await session.flush()
@@ -1569,17 +1607,20 @@ class MailStore:
                 fid: await self._lock_folder(session, fid) for fid in sorted({folder_id, dest_folder_id})
             }
             source, dest = locked[folder_id], locked[dest_folder_id]
+            uid_condition, keep = _uid_in(uids)
             rows = (
                 (
                     await session.execute(
                         select(Message)
-                        .where(Message.folder_id == folder_id, Message.uid.in_(list(uids)))
+                        .where(Message.folder_id == folder_id, uid_condition)
                         .order_by(Message.uid)
                     )
                 )
                 .scalars()
                 .all()
             )
+            if keep is not None:
+                rows = [m for m in rows if m.uid in keep]
             if not rows:
                 return []
             rewrap: tuple[bytes, bytes] | None = None
@@ -1620,11 +1661,12 @@ class MailStore:
                 )
                 mapping.append((message.uid, first_uid + offset))
             if move:
-                await session.execute(
-                    delete(Message)
-                    .where(Message.id.in_([m.id for m in rows]))
-                    .execution_options(synchronize_session=False)
-                )
+                for chunk in _chunks([m.id for m in rows]):
+                    await session.execute(
+                        delete(Message)
+                        .where(Message.id.in_(chunk))
+                        .execution_options(synchronize_session=False)
+                    )
                 source.highestmodseq += 1
                 await self._tombstones(session, folder_id, [m.uid for m in rows], source.highestmodseq)
             await session.flush()

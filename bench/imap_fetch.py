@@ -142,6 +142,12 @@ def client_run(port: int, ca: Path, total: int) -> list[tuple[str, float, float,
         "header search on the encrypted search summaries",
     )
     timed("UID SEARCH UNSEEN", results, lambda: client.uid("SEARCH", "UNSEEN"), "metadata only")
+    timed(
+        "UID STORE 1:* +FLAGS.SILENT (\\Seen)",
+        results,
+        lambda: client.uid("STORE", "1:*", "+FLAGS.SILENT", "(\\Seen)"),
+        "mark all read",
+    )
     client.logout()
     return results
 

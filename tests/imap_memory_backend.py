@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mssante_operator.imap import search as imap_search
+from mssante_operator.imap import summary as imap_summary
 from mssante_operator.imap.backend import (
     AppendResult,
     AuthResult,
@@ -195,9 +196,31 @@ class MemoryBackend:
             elif request.content == "header":
                 end = msg.raw.find(b"\r\n\r\n")
                 content = msg.raw if end < 0 else msg.raw[: end + 4]
+            summary = None
+            if request.summary:  # through the stored form, as the real store does
+                summary = imap_summary.decode_summary(imap_summary.summarize(msg.raw)[1])
             yield MessageData(
-                uid, tuple(sorted(msg.flags)), msg.modseq, msg.internal_date, len(msg.raw), content, changed
+                uid,
+                tuple(sorted(msg.flags)),
+                msg.modseq,
+                msg.internal_date,
+                len(msg.raw),
+                content,
+                changed,
+                summary,
             )
+
+    async def fetch_flags(
+        self, folder_id: int, uid_range: tuple[int, int], changedsince: int | None
+    ) -> AsyncIterator[Sequence[tuple[int, str, int]]]:
+        f = self._by_id(folder_id)
+        rows = [
+            (uid, " ".join(sorted(msg.flags)), msg.modseq)
+            for uid, msg in sorted(f.messages.items())
+            if uid_range[0] <= uid <= uid_range[1] and (changedsince is None or msg.modseq > changedsince)
+        ]
+        for start in range(0, len(rows), 3):  # small batches: the session must join them
+            yield rows[start : start + 3]
 
     async def search(self, folder_id: int, key: SearchKey) -> SearchHits:
         f = self._by_id(folder_id)

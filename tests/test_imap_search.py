@@ -105,8 +105,9 @@ def test_missing_date_and_unknown_charset() -> None:
     ("criteria", "level"),
     [
         ("SEEN UID 1:5 LARGER 10 SINCE 1-Jan-2025 MODSEQ 3", "none"),
-        ("FROM dupont", "header"),
-        ("NOT SENTSINCE 1-Jan-2025", "header"),
+        ("FROM dupont", "summary"),
+        ("HEADER X-Priority 1", "header"),
+        ("NOT SENTSINCE 1-Jan-2025", "summary"),
         ("OR SEEN (UNSEEN BODY x)", "full"),
         ("OR FROM a TEXT b", "full"),
     ],

@@ -785,10 +785,18 @@ async def test_a_100000_message_mailbox(store: MemoryStore) -> None:
         calls.append("fetch")
         return original_fetch(*args, **kw)  # type: ignore[arg-type]
 
+    original_flags = c.backend.fetch_flags
+
+    def counting_flags(*args: object, **kw: object) -> object:
+        calls.append("fetch_flags")
+        return original_flags(*args, **kw)  # type: ignore[arg-type]
+
     c.backend.fetch = counting_fetch  # type: ignore[method-assign]
+    c.backend.fetch_flags = counting_flags  # type: ignore[method-assign]
     assert "* 100000 EXISTS" in await c("a SELECT Archive")
     out = await c("b UID FETCH 1:* (FLAGS)")
-    assert out.count("FETCH (UID") == 100_000 and calls == ["fetch"]  # one batched call
+    # One call of the flags-only path, which streams batches without a MessageData per row.
+    assert out.count("FETCH (UID") == 100_000 and calls == ["fetch_flags"]
     assert out.startswith("* 1 FETCH (UID 1 FLAGS (\\Seen))\r\n* 2 FETCH (UID 2 FLAGS ())\r\n")
     assert max(len(ch) for ch in c.chunks) < 70_000
     await c("c STORE 2:99999 +FLAGS.SILENT (\\Deleted)")

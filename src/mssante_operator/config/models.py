@@ -42,6 +42,10 @@ class StoreSettings(Section):
     body_backend: Literal["database"] = "database"
     pool_size: int = Field(default=10, ge=1, le=500)
     echo_sql: bool = False
+    # QRESYNC tombstones (expunged UIDs) kept per folder; a client that last synchronised before
+    # the oldest kept one is told every absent UID instead of the exact list.
+    tombstone_max_age_days: int = Field(default=90, ge=1)
+    tombstone_max_per_folder: int = Field(default=100_000, ge=1)
 
     @field_validator("url")
     @classmethod

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from mssante_operator.imap.commands import LiteralSink, SearchKey
+from mssante_operator.imap.summary import Summary
 
 __all__ = [
     "AppendResult",
@@ -134,6 +135,10 @@ class Changes:
     highestmodseq: int
     expunged: Sequence[int] = ()  # UIDs removed
     changed: Sequence[FlagChange] = ()  # messages added or whose flags changed (current flags)
+    #: When the store no longer remembers every UID expunged after the modseq asked for (pruned
+    #: tombstones), `expunged` is partial and this is every UID now in the folder, ascending:
+    #: what the session knew and is not here vanished.
+    present: Sequence[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +147,10 @@ class FetchRequest:
     changedsince: int | None = None  # only messages with a higher modseq
     mark_seen: bool = False  # set \\Seen (BODY[...] without PEEK on a read-write folder)
     body_read: bool = False  # the client reads message content: audit it
+    #: Fill `MessageData.summary` (ENVELOPE, BODYSTRUCTURE, BODY): a store that keeps summaries
+    #: answers without decrypting the body; with content="header" the header block may come from
+    #: the summary too.
+    summary: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +162,7 @@ class MessageData:
     size: int
     content: bytes | None = field(default=None, repr=False)  # header block or whole message, as asked
     flags_changed: bool = False  # mark_seen changed the flags
+    summary: Summary | None = field(default=None, repr=False)  # when FetchRequest.summary
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +209,15 @@ class MailboxBackend(Protocol):
 
     def fetch(self, folder_id: int, uids: Sequence[int], request: FetchRequest) -> AsyncIterator[MessageData]:
         """Rows in ascending UID order; missing (expunged) UIDs are skipped."""
+        ...
+
+    def fetch_flags(
+        self, folder_id: int, uid_range: tuple[int, int], changedsince: int | None
+    ) -> AsyncIterator[Sequence[tuple[int, str, int]]]:
+        """FETCH of UID/FLAGS/MODSEQ only: batches of (uid, flags separated by one space, modseq)
+        for every message with uid_range[0] <= uid <= uid_range[1], in ascending UID order. The
+        session filters and renders them without an object per message (`UID FETCH 1:* FLAGS` on
+        a large folder)."""
         ...
 
     async def search(self, folder_id: int, key: SearchKey) -> SearchHits:

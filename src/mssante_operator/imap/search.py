@@ -21,8 +21,9 @@ from typing import Literal
 
 from mssante_operator.imap import commands as c
 from mssante_operator.imap import mime
+from mssante_operator.imap.summary import SEARCH_FIELDS, SearchFields
 
-__all__ = ["SearchMessage", "content_needed", "matches"]
+__all__ = ["SearchMessage", "content_needed", "matches", "normalize", "sent_date"]
 
 
 @dataclass(slots=True)
@@ -34,6 +35,9 @@ class SearchMessage:
     internal_date: dt.datetime
     raw: bytes = field(default=b"", repr=False)
     seq: int | None = None
+    #: The precomputed search headers (`imap.summary`): header keys on `SEARCH_FIELDS` and the
+    #: SENT* keys use them instead of parsing `raw`.
+    fields: SearchFields | None = field(default=None, repr=False)
     _parsed: mime.Part | None = field(default=None, repr=False)
 
     @property
@@ -52,8 +56,12 @@ def decode_header_text(value: bytes) -> str:
         return text
 
 
-def _norm(text: str) -> str:
+def normalize(text: str) -> str:
+    """The form both sides of a header or text match are compared in."""
     return " ".join(text.casefold().split())
+
+
+_norm = normalize
 
 
 def _body_texts(part: mime.Part) -> Iterator[str]:
@@ -103,7 +111,8 @@ def _header_matches(part: mime.Part, name: str, needle: str) -> bool:
     return False
 
 
-def _sent_date(part: mime.Part) -> dt.date | None:
+def sent_date(part: mime.Part) -> dt.date | None:
+    """The day of the Date header (SENTBEFORE/SENTON/SENTSINCE), None if absent or unparsable."""
     value = part.header("Date")
     if value is None:
         return None
@@ -121,13 +130,20 @@ def _compare(op: str, day: dt.date, ref: dt.date) -> bool:
     return day >= ref
 
 
-def content_needed(key: c.SearchKey) -> Literal["none", "header", "full"]:
+Level = Literal["none", "summary", "header", "full"]
+_LEVELS: tuple[Level, ...] = ("none", "summary", "header", "full")
+
+
+def content_needed(key: c.SearchKey) -> Level:
     """What of the message a key tree needs beyond metadata (flags, UID, size, dates, modseq):
-    lets the store answer in SQL alone, or decrypt only headers, or whole messages."""
+    lets the store answer in SQL alone, or decrypt only the search summary (`SEARCH_FIELDS`, sent
+    date), or the header block, or whole messages."""
     if isinstance(key, c.SearchText):
         return "full"
-    if isinstance(key, c.SearchHeader) or (isinstance(key, c.SearchDate) and key.sent):
-        return "header"
+    if isinstance(key, c.SearchDate) and key.sent:
+        return "summary"
+    if isinstance(key, c.SearchHeader):
+        return "summary" if key.field.lower() in SEARCH_FIELDS else "header"
     children: tuple[c.SearchKey, ...] = ()
     if isinstance(key, c.SearchAnd):
         children = key.keys
@@ -135,8 +151,7 @@ def content_needed(key: c.SearchKey) -> Literal["none", "header", "full"]:
         children = (key.left, key.right)
     elif isinstance(key, c.SearchNot):
         children = (key.key,)
-    levels = {content_needed(k) for k in children}
-    return "full" if "full" in levels else "header" if "header" in levels else "none"
+    return max((content_needed(k) for k in children), key=_LEVELS.index, default="none")
 
 
 def matches(key: c.SearchKey, msg: SearchMessage, *, max_uid: int, count: int = 0) -> bool:
@@ -166,10 +181,15 @@ def matches(key: c.SearchKey, msg: SearchMessage, *, max_uid: int, count: int = 
         return msg.modseq >= key.modseq
     if isinstance(key, c.SearchDate):
         if key.sent:
-            sent = _sent_date(msg.part)
+            sent = msg.fields.sent if msg.fields is not None else sent_date(msg.part)
             return sent is not None and _compare(key.op, sent, key.date)
         return _compare(key.op, msg.internal_date.date(), key.date)
     if isinstance(key, c.SearchHeader):
+        lname = key.field.lower()
+        if msg.fields is not None and lname in SEARCH_FIELDS:
+            values = msg.fields.headers.get(lname, ())
+            want = normalize(key.value)
+            return any(want in v for v in values)
         return _header_matches(msg.part, key.field, key.value)
     if isinstance(key, c.SearchText):
         want = _norm(key.value)

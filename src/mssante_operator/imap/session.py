@@ -543,6 +543,11 @@ class Session:
         if q.known_uids is not None:
             # Known UIDs that are not here any more: exact even when tombstones have been purged.
             line = r.vanished_ranges(missing_ranges(q.known_uids, sel.uids, below=uidnext), earlier=True)
+        elif changes.present is not None:
+            # Tombstones since the client's modseq were pruned: every UID it may have seen and that
+            # is not here (RFC 7162 3.2.5.2), as ranges.
+            everything = SequenceSet(((1, max(uidnext - 1, 1)),))
+            line = r.vanished_ranges(missing_ranges(everything, sel.uids, below=uidnext), earlier=True)
         else:
             line = r.vanished([u for u in changes.expunged if sel.seq_of(u) is None], earlier=True)
         if line:
@@ -744,6 +749,10 @@ class Session:
         changes = await self.backend.changes_since(sel.folder_id, sel.modseq)
         out: list[bytes] = []
         gone = {u for u in changes.expunged if sel.seq_of(u) is not None} | sel.pending_expunge
+        if changes.present is not None:  # pruned tombstones: compare with what is there now
+            last_known = sel.uids[-1] if sel.uids else 0
+            here = {u for u in changes.present if u <= last_known}
+            gone |= {u for u in sel.uids if u not in here}
         if gone:
             if allow_expunge:
                 out.extend(self._expunge_lines(sel, gone))
@@ -872,6 +881,7 @@ class Session:
         content = _content_needed(atts)
         request = FetchRequest(
             content=content,
+            summary=_summary_needed(atts),
             changedsince=cmd.changedsince,
             mark_seen=not sel.readonly and any(a.sets_seen for a in atts),
             body_read=any(a.reads_body for a in atts),
@@ -879,11 +889,27 @@ class Session:
         if cmd.vanished and cmd.changedsince is not None:
             changes = await self.backend.changes_since(sel.folder_id, cmd.changedsince)
             star = sel.uids[-1] if sel.uids else 0
-            gone = [u for u in changes.expunged if cmd.sequence.contains(u, star) and sel.seq_of(u) is None]
-            line = r.vanished(gone, earlier=True)
+            if changes.present is not None:  # pruned tombstones: every absent UID of the set
+                wanted = SequenceSet(
+                    tuple(
+                        (star if a is None else a, star if b is None else b) for a, b in cmd.sequence.ranges
+                    )
+                )
+                line = r.vanished_ranges(
+                    missing_ranges(wanted, changes.present, below=star + 1), earlier=True
+                )
+            else:
+                gone = [
+                    u for u in changes.expunged if cmd.sequence.contains(u, star) and sel.seq_of(u) is None
+                ]
+                line = r.vanished(gone, earlier=True)
             if line:
                 yield line
         failed: str | None = None
+        if uids and not request.mark_seen and all(a.name in _FLAGS_ONLY for a in atts):
+            async for chunk in self._fetch_flags(sel, uids, atts, cmd.changedsince):
+                yield chunk
+            uids = []
         if uids:
             # Small responses are batched into 64 KiB writes; large bodies stream through as chunks.
             batch = bytearray()
@@ -922,6 +948,41 @@ class Session:
             yield r.tagged(cmd.tag, "NO", failed, Code.UNKNOWN_CTE)
         else:
             yield r.tagged(cmd.tag, "OK", "FETCH completed")
+
+    async def _fetch_flags(
+        self, sel: _Selected, uids: list[int], atts: Sequence[c.FetchAtt], changedsince: int | None
+    ) -> AsyncIterator[bytes]:
+        """FETCH of UID/FLAGS/MODSEQ only: rows straight from the store, one `%` format per message
+        (`UID FETCH 1:* (FLAGS)` on a large folder is a client's resync)."""
+        pieces = {"UID": b"UID %(uid)d", "FLAGS": b"FLAGS (%(flags)s)", "MODSEQ": b"MODSEQ (%(modseq)d)"}
+        template = b"* %(seq)d FETCH (" + b" ".join(pieces[a.name] for a in atts) + b")\r\n"
+        track = any(a.name == "FLAGS" for a in atts)
+        known = sel.uids
+        cursor = bisect.bisect_left(known, uids[0])
+        wanted = 0  # moving index into `uids` (ascending, like the rows)
+        encoded: dict[str, bytes] = {}
+        out = bytearray()
+        async for rows in self.backend.fetch_flags(sel.folder_id, (uids[0], uids[-1]), changedsince):
+            for uid, text, modseq in rows:
+                while wanted < len(uids) and uids[wanted] < uid:
+                    wanted += 1
+                if wanted >= len(uids) or uids[wanted] != uid:
+                    continue  # not asked for
+                while cursor < len(known) and known[cursor] < uid:
+                    cursor += 1
+                if cursor >= len(known) or known[cursor] != uid:
+                    continue  # arrived after this session last looked: not numbered yet
+                flags = encoded.get(text)
+                if flags is None:
+                    flags = encoded[text] = text.encode("utf-8")
+                out += template % {b"seq": cursor + 1, b"uid": uid, b"flags": flags, b"modseq": modseq}
+                if track:
+                    sel.reported[uid] = modseq
+            if len(out) >= _CHUNK:
+                yield bytes(out)
+                out.clear()
+        if out:
+            yield bytes(out)
 
     async def _store(self, cmd: c.Store) -> AsyncIterator[Output]:
         sel = self._sel()
@@ -1109,14 +1170,22 @@ def _children_attr(name: str, names: Sequence[str]) -> list[str]:
     return ["\\HasChildren" if any(n.startswith(prefix) for n in names) else "\\HasNoChildren"]
 
 
-_HEADER_ONLY = frozenset({"ENVELOPE", "RFC822.HEADER"})
+_HEADER_ONLY = frozenset({"RFC822.HEADER"})
+#: FETCH attributes the `fetch_flags` fast path renders.
+_FLAGS_ONLY = frozenset({"UID", "FLAGS", "MODSEQ"})
 _META = frozenset({"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"})
+#: Answered from the backend's precomputed summary (`imap.summary`), not from the message.
+_SUMMARY = frozenset({"ENVELOPE", "BODYSTRUCTURE"})
+
+
+def _summary_needed(atts: Sequence[c.FetchAtt]) -> bool:
+    return any(a.name in _SUMMARY or (a.name == "BODY" and a.section is None) for a in atts)
 
 
 def _content_needed(atts: Sequence[c.FetchAtt]) -> Any:
     level = "none"
     for att in atts:
-        if att.name in _META:
+        if att.name in _META or att.name in _SUMMARY or (att.name == "BODY" and att.section is None):
             continue
         if att.name in _HEADER_ONLY or (
             att.name == "BODY" and att.section is not None and not att.section.part
@@ -1149,6 +1218,7 @@ def _fetch_items(
     items: list[tuple[str, Value]] = []
     error: str | None = None
     raw = row.content or b""
+    summary = row.summary
     parsed: mime.Part | None = None
 
     def part() -> mime.Part:
@@ -1171,9 +1241,12 @@ def _fetch_items(
         elif name == "RFC822.SIZE":
             value = row.size
         elif name == "ENVELOPE":
-            value = mime.envelope(part())
+            value = summary.envelope if summary is not None else mime.envelope(part())
         elif name == "BODYSTRUCTURE" or (name == "BODY" and att.section is None):
-            value = mime.body_structure(part(), extended=name == "BODYSTRUCTURE")
+            if summary is not None:
+                value = summary.bodystructure if name == "BODYSTRUCTURE" else summary.body
+            else:
+                value = mime.body_structure(part(), extended=name == "BODYSTRUCTURE")
         elif name == "RFC822":
             value = _blob(raw)
         elif name == "RFC822.HEADER":

@@ -45,8 +45,19 @@ from mssante_operator.imap.backend import (
     SelectedFolder,
     StoreResult,
 )
-from mssante_operator.imap.commands import LiteralSink, SearchAnd, SearchKey
+from mssante_operator.imap.commands import (
+    LiteralSink,
+    SearchAll,
+    SearchAnd,
+    SearchDate,
+    SearchFlag,
+    SearchKey,
+    SearchModSeq,
+    SearchSet,
+    SearchSize,
+)
 from mssante_operator.imap.notify import FolderWatcher
+from mssante_operator.imap.summary import Summary, decode_search, decode_summary
 from mssante_operator.ops.logging import get_logger
 from mssante_operator.pki.identity import CertificateIdentity
 from mssante_operator.store.mailstore import (
@@ -57,6 +68,7 @@ from mssante_operator.store.mailstore import (
     MailboxClosed,
     MailboxNotFound,
     MailStore,
+    MessageFilter,
     MessageInfo,
     StoreError,
 )
@@ -70,6 +82,8 @@ log = get_logger(__name__)
 BATCH = 200
 #: Messages per round trip when only metadata (flags, sizes, dates) is fetched.
 META_BATCH = 5000
+#: Rows per round trip of the FETCH FLAGS fast path (three columns, no object per row).
+FLAGS_BATCH = 20000
 
 _MODES: dict[str, FlagMode] = {"": FlagMode.SET, "+": FlagMode.ADD, "-": FlagMode.REMOVE}
 
@@ -267,8 +281,7 @@ class StoreBackend:
             stats = await self.store.folder_stats(folder.id)
             deleted: int | None = None
             if any(i.upper() == "DELETED" for i in items):
-                rows = await self.store.list_messages(folder.id)
-                deleted = sum(1 for m in rows if "\\Deleted" in m.flags)
+                deleted = (await self.store.folder_index(folder.id)).deleted
         return FolderStatus(
             messages=stats.messages,
             recent=0,
@@ -284,20 +297,17 @@ class StoreBackend:
     async def select(self, name: str, *, readonly: bool) -> SelectedFolder:
         with _store_errors():
             folder = await self.store.get_folder(self._address(), name)
-            rows = await self.store.list_messages(folder.id)
+            index = await self.store.folder_index(folder.id)
         self._folders = {folder.id: _Folder(folder.id, folder.name, folder.uidvalidity)}
-        highest = max(folder.highestmodseq, max((m.modseq for m in rows), default=0))
-        self._known = {folder.id: highest}
-        first_unseen = next((m.uid for m in rows if "\\Seen" not in m.flags), None)
-        keywords = sorted({f for m in rows for f in m.flags if not f.startswith("\\")})
+        self._known = {folder.id: index.highestmodseq}
         return SelectedFolder(
             folder_id=folder.id,
             uidvalidity=folder.uidvalidity,
             uidnext=folder.uidnext,
-            highestmodseq=highest,
-            uids=[m.uid for m in rows],
-            keywords=keywords,
-            first_unseen_uid=first_unseen,
+            highestmodseq=index.highestmodseq,
+            uids=index.uids,
+            keywords=index.keywords,
+            first_unseen_uid=index.first_unseen_uid,
             readonly=readonly,
         )
 
@@ -309,6 +319,7 @@ class StoreBackend:
             highestmodseq=changes.highestmodseq,
             expunged=changes.expunged,
             changed=[FlagChange(m.uid, m.flags, m.modseq) for m in changes.changed],
+            present=changes.present,
         )
 
     async def create(self, name: str, special_use: Sequence[str]) -> None:
@@ -366,16 +377,33 @@ class StoreBackend:
                     if unseen:
                         update = await self.store.update_flags(folder_id, unseen, ["\\Seen"], FlagMode.ADD)
                         changed = {m.uid: m for m in update.changed}
-                bodies: dict[int, bytes] = {}
-                if request.content != "none" and rows:
-                    bodies = await self.store.read_message_bodies([m.message_id for m in rows])
+                summaries: dict[int, Summary] = {}
+                if (request.summary or request.content == "header") and rows:
+                    plain = await self.store.read_summaries([m.message_id for m in rows], "summary")
+                    summaries = {mid: decode_summary(data) for mid, data in plain.items()}
+                # Bodies only for content, or where no summary could be made (parsed as before).
+                need_body = [
+                    m.message_id
+                    for m in rows
+                    if request.content == "full"
+                    or ((request.summary or request.content == "header") and m.message_id not in summaries)
+                ]
+                bodies = await self.store.read_message_bodies(need_body) if need_body else {}
             for info in rows:
                 content: bytes | None = None
+                summary = summaries.get(info.message_id)
                 raw = bodies.get(info.message_id)
-                if request.content != "none":
+                if request.content == "full" or (request.summary and summary is None):
                     if raw is None:
                         continue  # expunged between the two queries
-                    content = raw if request.content == "full" else _header_block(raw)
+                    content = raw
+                elif request.content == "header":
+                    if summary is not None:
+                        content = summary.header
+                    elif raw is None:
+                        continue
+                    else:
+                        content = _header_block(raw)
                 if request.body_read:
                     self._audit_read(folder, info.uid)
                 now = changed.get(info.uid)
@@ -387,7 +415,25 @@ class StoreBackend:
                     size=info.size,
                     content=content,
                     flags_changed=now is not None,
+                    summary=summary,
                 )
+
+    async def fetch_flags(
+        self, folder_id: int, uid_range: tuple[int, int], changedsince: int | None
+    ) -> AsyncIterator[Sequence[tuple[int, str, int]]]:
+        self._folder(folder_id)
+        first, last = uid_range
+        while first <= last:
+            with _store_errors():
+                rows = await self.store.flag_rows(
+                    folder_id, first, last, changed_since=changedsince, limit=FLAGS_BATCH
+                )
+            if not rows:
+                return
+            yield rows
+            if len(rows) < FLAGS_BATCH:
+                return
+            first = rows[-1][0] + 1
 
     def _audit_read(self, folder: _Folder, uid: int) -> None:
         if self.audit is None:
@@ -407,34 +453,52 @@ class StoreBackend:
 
     async def search(self, folder_id: int, key: SearchKey) -> SearchHits:
         self._folder(folder_id)
+        # Metadata conjuncts are answered in SQL; the rest is checked in Python on what SQL returns.
+        where, rest = sql_filter(key)
+        if rest is None:
+            with _store_errors():
+                found = await self.store.search_uids(folder_id, where)
+            return SearchHits([u for u, _ in found], max((m for _, m in found), default=None))
+        key = rest
         needed = imap_search.content_needed(key)
-        with _store_errors():
-            rows = await self.store.list_messages(folder_id)
-        seqs = {m.uid: seq for seq, m in enumerate(rows, 1)}
-        max_uid = rows[-1].uid if rows else 0
-        count = len(rows)
-        if needed != "none":
-            # Decrypt only the messages that pass the metadata criteria (flags, dates, sizes, UIDs).
-            prefilter = _metadata_part(key)
-            if prefilter is not None:
-                rows = [
-                    m
-                    for seq, m in enumerate(rows, 1)
-                    if imap_search.matches(
-                        prefilter, _search_message(m, b"", seq), max_uid=max_uid, count=count
+        if needed in ("none", "full"):
+            with _store_errors():
+                rows = await self.store.search_messages(folder_id, where)
+            candidates: list[tuple[MessageInfo, bytes | None]] = [(m, None) for m in rows]
+        else:
+            # Header keys: the encrypted summaries come with the metadata, in one query.
+            with _store_errors():
+                candidates = await self.store.search_summaries(
+                    folder_id, where, "search" if needed == "summary" else "summary"
+                )
+                lazy = [m.message_id for m, plain in candidates if plain is None]
+                if lazy:  # bodies stored before summaries existed: summarised once, now
+                    done = await self.store.read_summaries(
+                        lazy, "search" if needed == "summary" else "summary"
                     )
-                ]
+                    candidates = [
+                        (m, plain if plain is not None else done.get(m.message_id)) for m, plain in candidates
+                    ]
+        max_uid = candidates[-1][0].uid if candidates else 0
         hits: list[MessageInfo] = []
-        for start in range(0, len(rows), BATCH):
-            batch = rows[start : start + BATCH]
+        step = BATCH if needed == "full" else len(candidates) or 1
+        for start in range(0, len(candidates), step):
+            batch = candidates[start : start + step]
             bodies: dict[int, bytes] = {}
-            if needed != "none":
-                # Bodies are encrypted at rest: content keys are evaluated on the decrypted message.
+            missing = [m.message_id for m, plain in batch if plain is None] if needed != "none" else []
+            if missing:
+                # Text keys (or a message that cannot be summarised): the decrypted message.
                 with _store_errors():
-                    bodies = await self.store.read_message_bodies([m.message_id for m in batch])
-            for info in batch:
-                msg = _search_message(info, bodies.get(info.message_id, b""), seqs[info.uid])
-                if imap_search.matches(key, msg, max_uid=max_uid, count=count):
+                    bodies = await self.store.read_message_bodies(missing)
+            for info, plain in batch:
+                if plain is None:
+                    msg = _search_message(info, bodies.get(info.message_id, b""), None)
+                elif needed == "summary":
+                    msg = _search_message(info, b"", None)
+                    msg.fields = decode_search(plain)
+                else:
+                    msg = _search_message(info, decode_summary(plain).header, None)
+                if imap_search.matches(key, msg, max_uid=max_uid, count=0):
                     hits.append(info)
         return SearchHits([m.uid for m in hits], max((m.modseq for m in hits), default=None))
 
@@ -508,18 +572,73 @@ def _claimed(credentials: Credentials) -> str | None:
     return claimed[:320] if claimed else None
 
 
-def _search_message(info: MessageInfo, raw: bytes, seq: int) -> imap_search.SearchMessage:
+def _search_message(info: MessageInfo, raw: bytes, seq: int | None) -> imap_search.SearchMessage:
     return imap_search.SearchMessage(
         info.uid, frozenset(info.flags), info.modseq, info.size, info.internal_date, raw, seq=seq
     )
 
 
-def _metadata_part(key: SearchKey) -> SearchKey | None:
-    """The conjuncts of `key` that need no message content (None if there are none)."""
-    if not isinstance(key, SearchAnd):
-        return None
-    meta = tuple(k for k in key.keys if imap_search.content_needed(k) == "none")
-    return SearchAnd(meta) if meta else None
+def _midnight(day: dt.date) -> dt.datetime:
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+
+
+def sql_filter(key: SearchKey) -> tuple[MessageFilter, SearchKey | None]:
+    """Split a SEARCH key into what the store evaluates in SQL — top-level conjuncts on internal
+    date (UTC days, as the Python evaluator compares them), system flags, UIDs, size and modseq —
+    and the residual key (None if nothing is left) the Python evaluator checks on the rows SQL
+    returns: keywords (case-insensitive), header and text keys, OR/NOT trees."""
+    keys = key.keys if isinstance(key, SearchAnd) else (key,)
+    since: dt.datetime | None = None
+    before: dt.datetime | None = None
+    uid_ranges: tuple[tuple[int, int], ...] | None = None
+    with_flags: list[str] = []
+    without_flags: list[str] = []
+    larger: int | None = None
+    smaller: int | None = None
+    min_modseq: int | None = None
+    residual: list[SearchKey] = []
+    day = dt.timedelta(days=1)
+    for k in keys:
+        if isinstance(k, SearchDate) and not k.sent:
+            if k.op in ("SINCE", "ON"):
+                start = _midnight(k.date)
+                since = start if since is None else max(since, start)
+            if k.op in ("BEFORE", "ON"):
+                end = _midnight(k.date) + (day if k.op == "ON" else dt.timedelta(0))
+                before = end if before is None else min(before, end)
+        elif isinstance(k, SearchFlag) and k.flag.startswith("\\"):
+            (with_flags if k.present else without_flags).append(k.flag)
+        elif isinstance(k, SearchSet) and k.uid and not k.sequence.uses_star and uid_ranges is None:
+            ranges = [(min(a, b), max(a, b)) for a, b in k.sequence.ranges if a is not None and b is not None]
+            if len(ranges) > 100:  # keep the statement small: one covering range, checked again
+                ranges = [(min(a for a, _ in ranges), max(b for _, b in ranges))]
+                residual.append(k)
+            uid_ranges = tuple(ranges)
+        elif isinstance(k, SearchSize):
+            if k.op == "LARGER":
+                larger = k.size if larger is None else max(larger, k.size)
+            else:
+                smaller = k.size if smaller is None else min(smaller, k.size)
+        elif isinstance(k, SearchModSeq):
+            min_modseq = k.modseq if min_modseq is None else max(min_modseq, k.modseq)
+        elif not isinstance(k, SearchAll):
+            residual.append(k)
+    where = MessageFilter(
+        since=since,
+        before=before,
+        uid_ranges=uid_ranges,
+        with_flags=tuple(with_flags),
+        without_flags=tuple(without_flags),
+        larger=larger,
+        smaller=smaller,
+        min_modseq=min_modseq,
+    )
+    rest: SearchKey | None = None
+    if len(residual) == 1:
+        rest = residual[0]
+    elif residual:
+        rest = SearchAnd(tuple(residual))
+    return where, rest
 
 
 def _header_block(raw: bytes) -> bytes:

@@ -15,11 +15,11 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, bindparam, case, delete, exists, func, select, update
+from sqlalchemy import and_, bindparam, case, delete, exists, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -44,10 +44,14 @@ from mssante_operator.store.models import (
     MailboxStatus,
     Message,
     MessageBody,
+    MessageSummary,
     QueueEntry,
     QueueRecipient,
 )
 from mssante_operator.store.notify import ChangeHub, ChangeKind, MailboxChange
+from mssante_operator.store.summaries import VERSION as SUMMARY_VERSION
+from mssante_operator.store.summaries import Part as SummaryPart
+from mssante_operator.store.summaries import add_summary, save_summaries, summary_aad, summary_row
 
 log = get_logger(__name__)
 
@@ -214,12 +218,70 @@ class MessageInfo:
 
 
 @dataclass(frozen=True)
+class FolderIndex:
+    """What SELECT needs of a folder, computed in SQL (no row object per message)."""
+
+    uids: list[int]  # ascending
+    highestmodseq: int
+    first_unseen_uid: int | None
+    keywords: list[str]  # sorted
+    deleted: int = 0  # messages flagged \\Deleted
+
+
+@dataclass(frozen=True)
+class MessageFilter:
+    """Conditions a SEARCH can push into SQL (all optional, all ANDed)."""
+
+    since: datetime | None = None  # internal_date >= since
+    before: datetime | None = None  # internal_date < before
+    uid_ranges: tuple[tuple[int, int], ...] | None = None
+    with_flags: tuple[str, ...] = ()  # each flag present (exact token match)
+    without_flags: tuple[str, ...] = ()
+    larger: int | None = None
+    smaller: int | None = None
+    min_modseq: int | None = None
+
+
+#: Longest IN list sent in one statement (asyncpg takes at most 32,767 parameters): longer UID sets
+#: (`STORE 1:*` on a 100,000-message folder) become a BETWEEN filtered in Python, id lists chunks.
+_IN_LIMIT = 5000
+
+
+def _uid_in(uids: Sequence[int]) -> tuple[Any, set[int] | None]:
+    """A condition selecting at least `uids`, and the set rows must be filtered by (None: exact)."""
+    wanted = list(uids)
+    if len(wanted) <= _IN_LIMIT:
+        return Message.uid.in_(wanted), None
+    return Message.uid.between(min(wanted), max(wanted)), set(wanted)
+
+
+def _chunks(ids: Sequence[int]) -> list[list[int]]:
+    return [list(ids[i : i + _IN_LIMIT]) for i in range(0, len(ids), _IN_LIMIT)]
+
+
+def _has_flag(flag: str) -> Any:
+    # Flags are stored space-separated: match the whole token, not a substring ($a vs $ab).
+    return (literal(" ") + Message.flags + literal(" ")).contains(f" {flag} ", autoescape=True)
+
+
+@dataclass(frozen=True)
 class FolderChanges:
     """`MailStore.changes_since`: what a session that saw `modseq` has not seen yet."""
 
     highestmodseq: int
     expunged: list[int]  # UIDs, ascending
     changed: list[MessageInfo]  # new or re-flagged messages, UID order
+    #: Set when tombstones newer than `modseq` may have been pruned (`expunged` is then partial):
+    #: every UID now in the folder, ascending; whatever the caller knew and is not here vanished.
+    present: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class TombstonePolicy:
+    """How long expunged UIDs are remembered for QRESYNC (per folder, pruned at each expunge)."""
+
+    max_age: timedelta | None = timedelta(days=90)
+    max_per_folder: int | None = 100_000
 
 
 @dataclass(frozen=True)
@@ -285,8 +347,10 @@ class MailStore:
         bodies: BodyStorage | None = None,
         *,
         changes: ChangeHub | None = None,
+        tombstones: TombstonePolicy | None = None,
     ) -> None:
         self._sessions = sessions
+        self._tombstone_policy = tombstones if tombstones is not None else TombstonePolicy()
         self._master = master_key
         self._bodies: BodyStorage = bodies if bodies is not None else DatabaseBodyStorage()
         #: Subscribe here to be told of new messages, flag changes and expunges (IMAP IDLE).
@@ -691,6 +755,8 @@ class MailStore:
                     .values(location=location)
                     .execution_options(synchronize_session=False)
                 )
+            # IMAP's ENVELOPE/BODYSTRUCTURE/header SEARCH read this instead of the body.
+            await add_summary(session, body.id, content_key, raw)
 
             # Queue entries first: they need no lock, and the folder row locks below are held until
             # the commit, so the less work after them, the more deliveries per second a folder takes.
@@ -842,21 +908,23 @@ class MailStore:
         """Delete the given bodies if nothing refers to them any more (same transaction)."""
         if not body_ids:
             return 0
-        orphans = list(
-            await session.scalars(
-                select(MessageBody.id).where(
-                    MessageBody.id.in_(body_ids),
-                    ~exists().where(Message.body_id == MessageBody.id),
-                    ~exists().where(QueueEntry.body_id == MessageBody.id),
+        orphans: list[int] = []
+        for chunk in _chunks(sorted(body_ids)):
+            orphans.extend(
+                await session.scalars(
+                    select(MessageBody.id).where(
+                        MessageBody.id.in_(chunk),
+                        ~exists().where(Message.body_id == MessageBody.id),
+                        ~exists().where(QueueEntry.body_id == MessageBody.id),
+                    )
                 )
             )
-        )
         for body_id in orphans:
             await self._bodies.delete(session, body_id)
-        if orphans:
+        for chunk in _chunks(orphans):
             await session.execute(
                 delete(MessageBody)
-                .where(MessageBody.id.in_(orphans))
+                .where(MessageBody.id.in_(chunk))
                 .execution_options(synchronize_session=False)
             )
         return len(orphans)
@@ -1042,12 +1110,16 @@ class MailStore:
         ).where(Message.folder_id == folder_id)
         if changed_since is not None:
             query = query.where(Message.modseq > changed_since)
+        keep: set[int] | None = None
         if uids is not None:
-            query = query.where(Message.uid.in_(list(uids)))
+            condition, keep = _uid_in(uids)
+            query = query.where(condition)
         if uid_range is not None:
             query = query.where(Message.uid.between(uid_range[0], uid_range[1]))
         async with self._read() as session:
             rows = (await session.execute(query.order_by(Message.uid))).all()
+        if keep is not None:
+            rows = [r for r in rows if r[1] in keep]
         return [
             MessageInfo(
                 message_id=mid,
@@ -1060,21 +1132,201 @@ class MailStore:
             for mid, uid, flags, when, size, modseq in rows
         ]
 
-    @staticmethod
-    async def _tombstones(session: AsyncSession, folder_id: int, uids: Sequence[int], modseq: int) -> None:
+    async def folder_index(self, folder_id: int) -> FolderIndex:
+        """SELECT's data in a few aggregate queries: UIDs, highest modseq, first unseen, keywords."""
+        folder_q = select(Folder.highestmodseq).where(Folder.id == folder_id)
+        in_folder = Message.folder_id == folder_id
+        async with self._read() as session:
+            highest = await session.scalar(folder_q)
+            if highest is None:
+                raise FolderNotFound(f"folder {folder_id} does not exist")
+            uids = list(
+                (await session.execute(select(Message.uid).where(in_folder).order_by(Message.uid))).scalars()
+            )
+            top = await session.scalar(select(func.max(Message.modseq)).where(in_folder))
+            unseen = await session.scalar(
+                select(func.min(Message.uid)).where(in_folder, ~_has_flag("\\Seen"))
+            )
+            flag_sets = list(
+                (
+                    await session.execute(
+                        select(Message.flags, func.count())
+                        .where(in_folder, Message.flags != "")
+                        .group_by(Message.flags)
+                    )
+                ).all()
+            )
+        keywords = sorted({f for text, _ in flag_sets for f in _flag_tuple(text) if not f.startswith("\\")})
+        deleted = sum(int(n) for text, n in flag_sets if "\\Deleted" in _flag_tuple(text))
+        return FolderIndex(
+            [int(u) for u in uids],
+            max(int(highest), int(top or 0)),
+            None if unseen is None else int(unseen),
+            keywords,
+            deleted,
+        )
+
+    async def flag_rows(
+        self, folder_id: int, first_uid: int, last_uid: int, *, changed_since: int | None = None, limit: int
+    ) -> list[tuple[int, str, int]]:
+        """(uid, flags as stored: space-separated, modseq) of at most `limit` messages with
+        `first_uid <= uid <= last_uid`, in UID order: FETCH FLAGS without a row object per message."""
+        query = select(Message.uid, Message.flags, Message.modseq).where(
+            Message.folder_id == folder_id, Message.uid.between(first_uid, last_uid)
+        )
+        if changed_since is not None:
+            query = query.where(Message.modseq > changed_since)
+        async with self._read() as session:
+            result = await session.execute(query.order_by(Message.uid).limit(limit))
+            return [(int(u), f, int(m)) for u, f, m in result.all()]
+
+    async def search_messages(self, folder_id: int, where: MessageFilter) -> list[MessageInfo]:
+        """Messages of a folder in UID order that satisfy `where` (the SQL part of a SEARCH)."""
+        query = select(
+            Message.id, Message.uid, Message.flags, Message.internal_date, Message.size, Message.modseq
+        ).where(*self._filter(folder_id, where))
+        async with self._read() as session:
+            rows = (await session.execute(query.order_by(Message.uid))).all()
+        return [
+            MessageInfo(int(mid), int(uid), _flag_tuple(flags), _aware(when), int(size), int(modseq))
+            for mid, uid, flags, when, size, modseq in rows
+        ]
+
+    async def search_uids(self, folder_id: int, where: MessageFilter) -> list[tuple[int, int]]:
+        """(uid, modseq) of the messages that satisfy `where`, in UID order (a SEARCH answered in SQL)."""
+        query = (
+            select(Message.uid, Message.modseq).where(*self._filter(folder_id, where)).order_by(Message.uid)
+        )
+        async with self._read() as session:
+            return [(int(u), int(m)) for u, m in (await session.execute(query)).all()]
+
+    async def search_summaries(
+        self, folder_id: int, where: MessageFilter, part: SummaryPart
+    ) -> list[tuple[MessageInfo, bytes | None]]:
+        """`search_messages` with each message's decrypted summary part in the same query (None
+        where the body has no summary yet: `read_summaries` computes those)."""
+        column = MessageSummary.search if part == "search" else MessageSummary.summary
+        query = (
+            select(
+                Message.id,
+                Message.uid,
+                Message.flags,
+                Message.internal_date,
+                Message.size,
+                Message.modseq,
+                Message.body_id,
+                Message.wrapped_body_key,
+                column,
+                MessageSummary.version,
+            )
+            .outerjoin(MessageSummary, MessageSummary.body_id == Message.body_id)
+            .where(*self._filter(folder_id, where))
+        )
+        async with self._read() as session:
+            wrapped_data = await session.scalar(
+                select(Mailbox.wrapped_data_key)
+                .join(Folder, Folder.mailbox_id == Mailbox.id)
+                .where(Folder.id == folder_id)
+            )
+            if wrapped_data is None:
+                raise FolderNotFound(f"folder {folder_id} does not exist")
+            rows = (await session.execute(query.order_by(Message.uid))).all()
+        data_key = self._master.unwrap(wrapped_data)
+        out: list[tuple[MessageInfo, bytes | None]] = []
+        for mid, uid, flags, when, size, modseq, body_id, wrapped, blob, version in rows:
+            info = MessageInfo(int(mid), int(uid), _flag_tuple(flags), _aware(when), int(size), int(modseq))
+            plain: bytes | None = None
+            if blob is not None and version == SUMMARY_VERSION:
+                content_key = unwrap_key(data_key, wrapped, what="content key of a message")
+                plain = decrypt_body(content_key, blob, summary_aad(body_id, part))
+            out.append((info, plain))
+        return out
+
+    def _filter(self, folder_id: int, where: MessageFilter) -> list[Any]:
+        conditions: list[Any] = [Message.folder_id == folder_id]
+        if where.since is not None:
+            conditions.append(Message.internal_date >= where.since)
+        if where.before is not None:
+            conditions.append(Message.internal_date < where.before)
+        if where.uid_ranges is not None:
+            conditions.append(or_(*(Message.uid.between(a, b) for a, b in where.uid_ranges)))
+        conditions.extend(_has_flag(f) for f in where.with_flags)
+        conditions.extend(~_has_flag(f) for f in where.without_flags)
+        if where.larger is not None:
+            conditions.append(Message.size > where.larger)
+        if where.smaller is not None:
+            conditions.append(Message.size < where.smaller)
+        if where.min_modseq is not None:
+            conditions.append(Message.modseq >= where.min_modseq)
+        return conditions
+
+    async def _tombstones(
+        self, session: AsyncSession, folder_id: int, uids: Sequence[int], modseq: int
+    ) -> None:
         # Remembered for QRESYNC: a client that saw these UIDs learns they are gone (VANISHED).
         if uids:
-            session.add_all([ExpungedMessage(folder_id=folder_id, uid=uid, modseq=modseq) for uid in uids])
+            now = datetime.now(UTC)
+            session.add_all(
+                [
+                    ExpungedMessage(folder_id=folder_id, uid=uid, modseq=modseq, expunged_at=now)
+                    for uid in uids
+                ]
+            )
+            await self._prune_tombstones(session, folder_id)
+
+    async def _prune_tombstones(self, session: AsyncSession, folder_id: int) -> None:
+        """Forget the oldest tombstones of a folder beyond the policy's age and count, and raise
+        the folder's `tombstone_floor` so `changes_since` knows its answer may be partial."""
+        policy = self._tombstone_policy
+        in_folder = ExpungedMessage.folder_id == folder_id
+        cutoff = 0
+        if policy.max_age is not None:
+            aged = await session.scalar(
+                select(func.max(ExpungedMessage.modseq)).where(
+                    in_folder, ExpungedMessage.expunged_at < datetime.now(UTC) - policy.max_age
+                )
+            )
+            cutoff = int(aged or 0)
+        if policy.max_per_folder is not None:
+            count = int(await session.scalar(select(func.count()).where(in_folder)) or 0)
+            excess = count - policy.max_per_folder
+            if excess > 0:
+                nth = await session.scalar(
+                    select(ExpungedMessage.modseq)
+                    .where(in_folder)
+                    .order_by(ExpungedMessage.modseq)
+                    .offset(excess - 1)
+                    .limit(1)
+                )
+                cutoff = max(cutoff, int(nth or 0))
+        if cutoff:
+            await session.execute(
+                delete(ExpungedMessage)
+                .where(in_folder, ExpungedMessage.modseq <= cutoff)
+                .execution_options(synchronize_session=False)
+            )
+            await session.execute(
+                update(Folder)
+                .where(Folder.id == folder_id, Folder.tombstone_floor < cutoff)
+                .values(tombstone_floor=cutoff)
+                .execution_options(synchronize_session=False)
+            )
 
     async def changes_since(self, folder_id: int, modseq: int) -> FolderChanges:
         """What changed in a folder after `modseq`: messages added or re-flagged, UIDs expunged.
 
         `highestmodseq` is read first, so a change committed meanwhile is reported again next time
-        rather than never."""
+        rather than never. If tombstones after `modseq` were pruned, `present` lists the folder's
+        UIDs so the caller can tell what vanished (RFC 7162 3.2.5.2: report every absent UID)."""
         async with self._read() as session:
-            highest = await session.scalar(select(Folder.highestmodseq).where(Folder.id == folder_id))
-            if highest is None:
+            row = (
+                await session.execute(
+                    select(Folder.highestmodseq, Folder.tombstone_floor).where(Folder.id == folder_id)
+                )
+            ).one_or_none()
+            if row is None:
                 raise FolderNotFound(f"folder {folder_id} does not exist")
+            highest, floor = row
             expunged = list(
                 await session.scalars(
                     select(ExpungedMessage.uid)
@@ -1082,8 +1334,16 @@ class MailStore:
                     .order_by(ExpungedMessage.uid)
                 )
             )
+            present: list[int] | None = None
+            if modseq < int(floor or 0):
+                present = [
+                    int(u)
+                    for u in await session.scalars(
+                        select(Message.uid).where(Message.folder_id == folder_id).order_by(Message.uid)
+                    )
+                ]
         changed = await self.list_messages(folder_id, changed_since=modseq)
-        return FolderChanges(int(highest), [int(u) for u in expunged], changed)
+        return FolderChanges(int(highest), [int(u) for u in expunged], changed, present)
 
     async def folder_modseqs(self, folder_ids: Sequence[int]) -> dict[int, int]:
         """HIGHESTMODSEQ of each folder that still exists: the cheap change counter other
@@ -1139,6 +1399,81 @@ class MailStore:
                     out[int(mid)] = await self._decrypt(session, body_id, content_key)
         return out
 
+    async def read_summaries(self, message_ids: Sequence[int], part: SummaryPart) -> dict[int, bytes]:
+        """Plaintext summary parts (`imap.summary`) of several messages, without reading bodies.
+
+        One query for keys and ciphertexts; bodies with no summary yet (stored before summaries
+        existed, or of an older version) are decrypted once, summarised and the summaries saved.
+        Messages that cannot be summarised are left out: the caller falls back to the body."""
+        if not message_ids:
+            return {}
+        column = MessageSummary.search if part == "search" else MessageSummary.summary
+        query = (
+            select(
+                Message.id,
+                Message.body_id,
+                Message.wrapped_body_key,
+                Message.mailbox_id,
+                column,
+                MessageSummary.version,
+            )
+            .outerjoin(MessageSummary, MessageSummary.body_id == Message.body_id)
+            .where(Message.id.in_(list(message_ids)))
+        )
+        out: dict[int, bytes] = {}
+        missing: list[int] = []
+        async with self._read() as session:
+            rows = (await session.execute(query)).all()
+            mailbox_ids = {int(r[3]) for r in rows}
+            wrapped_data = (
+                dict(
+                    (
+                        await session.execute(
+                            select(Mailbox.id, Mailbox.wrapped_data_key).where(Mailbox.id.in_(mailbox_ids))
+                        )
+                    ).all()
+                )
+                if mailbox_ids
+                else {}
+            )
+        data_keys = {mid: self._master.unwrap(w) for mid, w in wrapped_data.items()}
+        for mid, body_id, wrapped, mailbox_id, blob, version in rows:
+            if blob is None or version != SUMMARY_VERSION:
+                missing.append(int(mid))
+                continue
+            content_key = unwrap_key(data_keys[mailbox_id], wrapped, what="content key of a message")
+            out[int(mid)] = decrypt_body(content_key, blob, summary_aad(body_id, part))
+        if missing:
+            out.update(await self._summarize_missing(missing, part))
+        return out
+
+    async def _summarize_missing(self, message_ids: Sequence[int], part: SummaryPart) -> dict[int, bytes]:
+        bodies = await self.read_message_bodies(message_ids)
+        async with self._read() as session:
+            rows = (
+                await session.execute(
+                    select(Message.id, Message.body_id, Message.wrapped_body_key, Mailbox.wrapped_data_key)
+                    .join(Mailbox, Mailbox.id == Message.mailbox_id)
+                    .where(Message.id.in_(list(bodies)))
+                )
+            ).all()
+        out: dict[int, bytes] = {}
+        saved: dict[int, dict[str, Any]] = {}
+        for mid, body_id, wrapped, wrapped_data in rows:
+            content_key = unwrap_key(self._master.unwrap(wrapped_data), wrapped, what="content key")
+            row = saved.get(int(body_id)) or summary_row(int(body_id), content_key, bodies[int(mid)])
+            if row is None:
+                continue
+            saved[int(body_id)] = row
+            out[int(mid)] = decrypt_body(content_key, row[part], summary_aad(body_id, part))
+        if saved:
+            try:
+                async with self._write() as session:
+                    await save_summaries(session, list(saved.values()))
+            except IntegrityError:  # the body went away meanwhile: nothing to keep
+                pass
+        return out
+
     async def set_folder_subscribed(self, address: str, name: str, subscribed: bool) -> None:
         """IMAP SUBSCRIBE / UNSUBSCRIBE."""
         wanted = folder_name(name)
@@ -1174,6 +1509,7 @@ class MailStore:
         changed: list[MessageInfo] = []
         unchanged: list[MessageInfo] = []
         modified: list[int] = []
+        uid_condition, keep = _uid_in(uids)
         async with self._write() as session:
             folder = await self._lock_folder(session, folder_id)
             rows = (
@@ -1186,10 +1522,12 @@ class MailStore:
                         Message.size,
                         Message.modseq,
                     )
-                    .where(Message.folder_id == folder_id, Message.uid.in_(list(uids)))
+                    .where(Message.folder_id == folder_id, uid_condition)
                     .order_by(Message.uid)
                 )
             ).all()
+            if keep is not None:
+                rows = [r for r in rows if r[1] in keep]
             pending: list[tuple[int, int, str, datetime, int]] = []
             for mid, uid, current_text, when, size, modseq in rows:
                 current = list(_flag_tuple(current_text))
@@ -1210,14 +1548,19 @@ class MailStore:
             if pending:
                 folder.highestmodseq += 1
                 new_modseq = folder.highestmodseq
+                # One UPDATE per distinct new flag set (and per chunk of ids), not per message.
+                by_text: dict[str, list[int]] = {}
                 for mid, uid, new_text, when, size in pending:
-                    await session.execute(
-                        update(Message)
-                        .where(Message.id == mid)
-                        .values(flags=new_text, modseq=new_modseq)
-                        .execution_options(synchronize_session=False)
-                    )
+                    by_text.setdefault(new_text, []).append(mid)
                     changed.append(MessageInfo(mid, uid, _flag_tuple(new_text), when, size, new_modseq))
+                for new_text, ids in by_text.items():
+                    for chunk in _chunks(ids):
+                        await session.execute(
+                            update(Message)
+                            .where(Message.id.in_(chunk))
+                            .values(flags=new_text, modseq=new_modseq)
+                            .execution_options(synchronize_session=False)
+                        )
                 await session.flush()
             mailbox_id = folder.mailbox_id
         if changed:
@@ -1233,15 +1576,22 @@ class MailStore:
             query = select(Message.id, Message.uid, Message.body_id, Message.flags).where(
                 Message.folder_id == folder_id, Message.flags.contains("\\Deleted", autoescape=True)
             )
+            keep: set[int] | None = None
             if uids is not None:
-                query = query.where(Message.uid.in_(list(uids)))
-            rows = [r for r in (await session.execute(query)).all() if "\\Deleted" in _flag_tuple(r[3])]
+                condition, keep = _uid_in(uids)
+                query = query.where(condition)
+            rows = [
+                r
+                for r in (await session.execute(query)).all()
+                if "\\Deleted" in _flag_tuple(r[3]) and (keep is None or r[1] in keep)
+            ]
             if rows:
-                await session.execute(
-                    delete(Message)
-                    .where(Message.id.in_([r[0] for r in rows]))
-                    .execution_options(synchronize_session=False)
-                )
+                for chunk in _chunks([r[0] for r in rows]):
+                    await session.execute(
+                        delete(Message)
+                        .where(Message.id.in_(chunk))
+                        .execution_options(synchronize_session=False)
+                    )
                 folder.highestmodseq += 1
                 await self._tombstones(session, folder_id, [int(r[1]) for r in rows], folder.highestmodseq)
                 await session.flush()
@@ -1269,17 +1619,20 @@ class MailStore:
                 fid: await self._lock_folder(session, fid) for fid in sorted({folder_id, dest_folder_id})
             }
             source, dest = locked[folder_id], locked[dest_folder_id]
+            uid_condition, keep = _uid_in(uids)
             rows = (
                 (
                     await session.execute(
                         select(Message)
-                        .where(Message.folder_id == folder_id, Message.uid.in_(list(uids)))
+                        .where(Message.folder_id == folder_id, uid_condition)
                         .order_by(Message.uid)
                     )
                 )
                 .scalars()
                 .all()
             )
+            if keep is not None:
+                rows = [m for m in rows if m.uid in keep]
             if not rows:
                 return []
             rewrap: tuple[bytes, bytes] | None = None
@@ -1320,11 +1673,12 @@ class MailStore:
                 )
                 mapping.append((message.uid, first_uid + offset))
             if move:
-                await session.execute(
-                    delete(Message)
-                    .where(Message.id.in_([m.id for m in rows]))
-                    .execution_options(synchronize_session=False)
-                )
+                for chunk in _chunks([m.id for m in rows]):
+                    await session.execute(
+                        delete(Message)
+                        .where(Message.id.in_(chunk))
+                        .execution_options(synchronize_session=False)
+                    )
                 source.highestmodseq += 1
                 await self._tombstones(session, folder_id, [m.uid for m in rows], source.highestmodseq)
             await session.flush()
@@ -1361,4 +1715,8 @@ def build_mailstore(
         MasterKey.load(settings.master_key_file),
         body_storage_for(settings.body_backend),
         changes=changes,
+        tombstones=TombstonePolicy(
+            max_age=timedelta(days=settings.tombstone_max_age_days),
+            max_per_folder=settings.tombstone_max_per_folder,
+        ),
     )

@@ -126,6 +126,9 @@ class Folder(Base):
     uidvalidity: Mapped[int] = mapped_column(BigInteger)
     uidnext: Mapped[int] = mapped_column(BigInteger, default=1)
     highestmodseq: Mapped[int] = mapped_column(BigInteger, default=1)
+    # Tombstones with a modseq up to this one may have been pruned: a client that last saw an
+    # older modseq cannot be told exactly what vanished and gets every absent UID instead.
+    tombstone_floor: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     mailbox: Mapped[Mailbox] = relationship(back_populates="folders")
@@ -169,6 +172,23 @@ class Message(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class MessageSummary(Base):
+    """What IMAP needs of a body without decrypting it: ENVELOPE, BODYSTRUCTURE, the header block
+    (`summary`) and the normalised search headers (`search`), computed once from the raw bytes.
+
+    Both columns are AES-256-GCM under the body's content key, with their own associated data
+    (`store.summaries`), so they are no easier to read than the body itself."""
+
+    __tablename__ = "message_summaries"
+
+    body_id: Mapped[int] = mapped_column(
+        ForeignKey("message_bodies.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    version: Mapped[int] = mapped_column(Integer)
+    search: Mapped[bytes] = mapped_column(LargeBinary)
+    summary: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class ExpungedMessage(Base):
     """A tombstone: UID `uid` left folder `folder_id` at `modseq` (QRESYNC VANISHED, RFC 7162).
 
@@ -182,6 +202,8 @@ class ExpungedMessage(Base):
     )
     uid: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     modseq: Mapped[int] = mapped_column(BigInteger)
+    # When it was expunged: tombstones older than `store.tombstone_max_age_days` are pruned.
+    expunged_at: Mapped[datetime | None] = mapped_column(default=utcnow)
 
 
 class QueueEntry(Base):

@@ -23,6 +23,7 @@ from mssante_operator.imap.driver import DriverConfig, serve_connection
 from mssante_operator.imap.notify import FolderWatcher
 from mssante_operator.imap.session import Session, SessionConfig
 from mssante_operator.imap.storage import StoreBackend
+from mssante_operator.ops import tlsbuffers
 from mssante_operator.ops.listener import TcpListener
 from mssante_operator.ops.logging import get_logger
 from mssante_operator.pki import CertificateValidator, Usage, peer_certificate, server_tls_context
@@ -144,6 +145,8 @@ class ImapService:
         return sum(listener.active for listener in self._listeners)
 
     async def start(self) -> None:
+        # Thousands of mostly idle TLS connections: not 256 KiB of receive buffer each.
+        tlsbuffers.install()
         section = self._settings.imap
         starttls = TcpListener(
             self.name, section.host, section.starttls_port, lambda: _Connection(self, False), tls="starttls"

@@ -153,6 +153,10 @@ async def server_main(url: str, pki_dir: str) -> None:
     from mssante_operator.pki import CertificateValidator
     from mssante_operator.store.pgnotify import PgChangeRelay
 
+    if os.environ.get("BENCH_TRACEMALLOC"):
+        import tracemalloc
+
+        tracemalloc.start()
     pki = DevPki.open(Path(pki_dir))
     engine = create_engine(url)
     sessions = session_factory(engine)
@@ -176,9 +180,25 @@ async def server_main(url: str, pki_dir: str) -> None:
     while line := (await reader.readline()).decode().strip():
         if line == "deliver":
             n += 1
+            profile = os.environ.get("BENCH_PROFILE")  # a file: where the wake-up's profile goes
+            if profile:
+                import cProfile
+
+                profiler = cProfile.Profile()
+                profiler.enable()
             await store.store_message(message(n), local_recipients=[person(0)])
             say({"committed": time.monotonic()})
+            if profile:
+                await asyncio.sleep(2.0)
+                profiler.disable()
+                profiler.dump_stats(f"{profile}.{n}")
         elif line == "stats":
+            if os.environ.get("BENCH_TRACEMALLOC"):  # a file: where the top allocators go
+                import tracemalloc
+
+                top = tracemalloc.take_snapshot().statistics("lineno")[:40]
+                with open(os.environ["BENCH_TRACEMALLOC"], "w") as out:  # noqa: ASYNC230
+                    out.write("\n".join(map(str, top)))
             say(
                 {
                     "connections": service.active_connections,
@@ -314,12 +334,12 @@ class Proc:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
 
-    async def ask(self, line: str | None, timeout: float = 1800.0) -> dict[str, object]:
+    async def ask(self, line: str | None, wait: float = 1800.0) -> dict[str, object]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         if line is not None:
             self.proc.stdin.write(line.encode() + b"\n")
             await self.proc.stdin.drain()
-        out = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        out = await asyncio.wait_for(self.proc.stdout.readline(), wait)
         if not out:
             raise RuntimeError("a bench process ended early")
         result: dict[str, object] = json.loads(out)
@@ -402,7 +422,10 @@ async def run(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str, ob
             shares = [plan[k :: args.clients] for k in range(args.clients)]
             start = time.monotonic()
             cpu0 = cpu_seconds(pid)
-            clients = [await spawn(work / "clients.log", "--client", str(port), str(work), json.dumps(share)) for share in shares]
+            clients = [
+                await spawn(work / "clients.log", "--client", str(port), str(work), json.dumps(share))
+                for share in shares
+            ]
             ready = [await c.ask(None) for c in clients]
             result["connect_seconds"] = round(time.monotonic() - start, 1)
             result["connect_server_cpu_ms_per_session"] = round(

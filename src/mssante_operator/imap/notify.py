@@ -51,7 +51,7 @@ class FolderWatcher:
     class Watch:
         """The change feed of one connection's mailbox."""
 
-        __slots__ = ("_watcher", "mailbox_id", "folder_id", "known_modseq", "_dirty", "_waiter")
+        __slots__ = ("_dirty", "_waiter", "_watcher", "folder_id", "known_modseq", "mailbox_id")
 
         def __init__(self, watcher: FolderWatcher, mailbox_id: int) -> None:
             self._watcher = watcher

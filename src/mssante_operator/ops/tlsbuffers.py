@@ -42,6 +42,17 @@ class LeanSSLProtocol(_original):  # type: ignore[misc,valid-type]
         super().__init__(*args, **kwargs)  # allocates max_size once; dropped right below
         self._ssl_buffer, self._ssl_buffer_view = _shared()
 
+    def _on_handshake_complete(self, handshake_exc: BaseException | None) -> None:
+        super()._on_handshake_complete(handshake_exc)
+        # asyncio keeps `getpeercert()` decoded into a dict of tuples (~3 KiB with a client
+        # certificate) for the connection's life; rebuild it only if someone asks.
+        self._extra.pop("peercert", None)
+
+    def _get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peercert" and name not in self._extra and self._sslobj is not None:
+            return self._sslobj.getpeercert()
+        return super()._get_extra_info(name, default)
+
 
 def install() -> None:
     """Make asyncio use `LeanSSLProtocol` in this process (idempotent)."""

@@ -256,9 +256,8 @@ class Session:
             return caps
         caps += [
             "IDLE", "UIDPLUS", "MOVE", "NAMESPACE", "UNSELECT", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS",
-            "SPECIAL-USE", "CREATE-SPECIAL-USE", "CONDSTORE", "QRESYNC", "ESEARCH", "SEARCHRES", "STATUS=SIZE",
-            "QUOTA",
-            "QUOTA=RES-STORAGE", "BINARY", "UTF8=ACCEPT", "SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT",
+            "SPECIAL-USE", "CREATE-SPECIAL-USE", "CONDSTORE", "QRESYNC", "ESEARCH", "SEARCHRES",
+            "STATUS=SIZE", "QUOTA", "QUOTA=RES-STORAGE", "BINARY", "UTF8=ACCEPT", "SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT",
             "THREAD=REFERENCES", f"APPENDLIMIT={self.config.append_limit}",
         ]  # fmt: skip
         return caps

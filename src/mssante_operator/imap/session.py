@@ -257,8 +257,8 @@ class Session:
         caps += [
             "IDLE", "UIDPLUS", "MOVE", "NAMESPACE", "UNSELECT", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS",
             "SPECIAL-USE", "CREATE-SPECIAL-USE", "CONDSTORE", "QRESYNC", "ESEARCH", "SEARCHRES",
-            "STATUS=SIZE", "QUOTA", "QUOTA=RES-STORAGE", "BINARY", "UTF8=ACCEPT", "SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT",
-            "THREAD=REFERENCES", f"APPENDLIMIT={self.config.append_limit}",
+            "STATUS=SIZE", "QUOTA", "QUOTA=RES-STORAGE", "BINARY", "UTF8=ACCEPT", "SORT", "SORT=DISPLAY",
+            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", f"APPENDLIMIT={self.config.append_limit}",
         ]  # fmt: skip
         return caps
 

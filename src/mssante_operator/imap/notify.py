@@ -46,7 +46,13 @@ class FolderWatcher:
         # by sessions that asked after the latest change this process knows of.
         self._epoch = 0
         self._inflight: dict[tuple[int, int], tuple[int, asyncio.Future[FolderChanges]]] = {}
-        store.changes.add_listener(self._on_change)
+        self._listening = False
+        self._listen()
+
+    def _listen(self) -> None:
+        if not self._listening:
+            self.store.changes.add_listener(self._on_change)
+            self._listening = True
 
     class Watch:
         """The change feed of one connection's mailbox."""
@@ -144,12 +150,16 @@ class FolderWatcher:
             done.exception()  # retrieved: every asker got it already
 
     async def start(self) -> None:
+        self._listen()
         if self.poll_interval and self._task is None:
             self._task = asyncio.create_task(
                 self._poll_forever(self.poll_interval), name="imap-change-poller"
             )
 
     async def stop(self) -> None:
+        # The hub outlives the service (tests restart services on one store): let go of it.
+        self.store.changes.remove_listener(self._on_change)
+        self._listening = False
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

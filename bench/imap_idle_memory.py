@@ -55,6 +55,7 @@ from mssante_operator.pki.devpki import DevPki
 from mssante_operator.store import create_engine, session_factory, upgrade
 from mssante_operator.store.crypto import MasterKey
 from mssante_operator.store.mailstore import MailStore
+from mssante_operator.store.pgnotify import PgChangeRelay
 
 PG_DSN = os.environ.get("MSSANTE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 DOMAIN = "hopital.mssante.test"
@@ -151,7 +152,6 @@ async def server_main(url: str, pki_dir: str) -> None:
     from mssante_operator.auth import Authenticator
     from mssante_operator.imap.service import ImapService
     from mssante_operator.pki import CertificateValidator
-    from mssante_operator.store.pgnotify import PgChangeRelay
 
     if os.environ.get("BENCH_TRACEMALLOC"):
         import tracemalloc
@@ -382,6 +382,8 @@ def latency(hot: list[list[float]], committed: float, index: int) -> dict[str, f
 async def run(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     work = tmp / backend
     work.mkdir()
+    logs = Path(args.logs) if args.logs else work
+    logs.mkdir(parents=True, exist_ok=True)
     pki = DevPki.init(work / "pki", server_hostname=HOST, server_structure_id=STRUCTURE)
     (work / "ca.pem").write_bytes(pki.ca_bundle.read_bytes())
     master = os.urandom(32)
@@ -402,7 +404,11 @@ async def run(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str, ob
             (work / f"p{i}.key").write_bytes(key.read_bytes())
             await store.store_message(message(0), local_recipients=[person(i)])
         os.environ["BENCH_MASTER_KEY"] = master.hex()
-        server = await spawn(work / "server.log", "--server", url, str(work / "pki"))
+        # The other process's delivery: on PostgreSQL it says so with NOTIFY, as `serve` does.
+        relay = PgChangeRelay(url, store.changes) if backend == "postgresql" else None
+        if relay is not None:
+            await relay.start()
+        server = await spawn(logs / f"{backend}-server.log", "--server", url, str(work / "pki"))
         clients: list[Proc] = []
         try:
             port = int(str((await server.ask(None, 120))["port"]))
@@ -423,7 +429,7 @@ async def run(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str, ob
             start = time.monotonic()
             cpu0 = cpu_seconds(pid)
             clients = [
-                await spawn(work / "clients.log", "--client", str(port), str(work), json.dumps(share))
+                await spawn(logs / f"{backend}-clients.log", "--client", str(port), str(work), json.dumps(share))
                 for share in shares
             ]
             ready = [await c.ask(None) for c in clients]
@@ -463,6 +469,8 @@ async def run(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str, ob
             for c in clients:
                 await c.close()
             await server.close()
+            if relay is not None:
+                await relay.stop(1.0)
             await engine.dispose()
     return result
 
@@ -485,7 +493,8 @@ async def main() -> None:
     parser.add_argument("--hot", type=int, default=1000, help="sessions watching the mailbox delivered to")
     parser.add_argument("--password-sessions", type=int, default=20)
     parser.add_argument("--backend", choices=["all", "sqlite", "postgresql"], default="all")
-    parser.add_argument("--workdir", default=None, help="where the scratch files and logs go")
+    parser.add_argument("--workdir", default=None, help="where the scratch files go")
+    parser.add_argument("--logs", default=None, help="keep the server's and clients' logs there")
     args = parser.parse_args()
     raise_nofile(65536)
     backends = ["sqlite", "postgresql"] if args.backend == "all" else [args.backend]

@@ -428,10 +428,10 @@ async def run(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str, ob
             shares = [plan[k :: args.clients] for k in range(args.clients)]
             start = time.monotonic()
             cpu0 = cpu_seconds(pid)
-            clients = [
-                await spawn(logs / f"{backend}-clients.log", "--client", str(port), str(work), json.dumps(share))
-                for share in shares
-            ]
+            client_log = logs / f"{backend}-clients.log"
+            clients = []
+            for share in shares:
+                clients.append(await spawn(client_log, "--client", str(port), str(work), json.dumps(share)))
             ready = [await c.ask(None) for c in clients]
             result["connect_seconds"] = round(time.monotonic() - start, 1)
             result["connect_server_cpu_ms_per_session"] = round(

@@ -676,9 +676,10 @@ class Session:
         self._idle_tag = cmd.tag
         self.parser.expect_idle_done(cmd.tag)
         yield r.continuation("idling")
-        if self._selected is not None:
-            for line in await self._updates(allow_expunge=True):
-                yield line
+        # The client is idling now: a store failure here must not answer the IDLE with NO while
+        # the session waits for DONE (it would desynchronise both); the next wake-up retries.
+        for line in await self.poll_updates():
+            yield line
 
     async def _quota(self, cmd: c.GetQuota | c.GetQuotaRoot) -> AsyncIterator[Output]:
         if isinstance(cmd, c.GetQuota) and cmd.root != "":

@@ -13,7 +13,7 @@ from mssante_operator.imap import commands as c
 from mssante_operator.imap import response
 from mssante_operator.imap.commands import NEED_DATA, PAUSED, Event
 from mssante_operator.imap.parser import CommandParser, parse_commands
-from mssante_operator.imap.sequence import SequenceSet
+from mssante_operator.imap.sequence import SAVED, SequenceSet
 
 S = SequenceSet.parse
 
@@ -244,6 +244,39 @@ def test_search_charset_return_and_uid() -> None:
     assert one(b"t SEARCH CHARSET ISO-8859-1 FROM x\r\n").charset == "ISO-8859-1"  # type: ignore[attr-defined]
 
 
+SEARCHRES_VALID: list[tuple[bytes, c.Command]] = [
+    (b"a1 SEARCH RETURN (SAVE) FLAGGED", c.Search("a1", c.SearchFlag("\\Flagged"), returns=("SAVE",))),
+    (b"a1 UID SEARCH RETURN (SAVE MIN) $ SMALLER 9", c.Search("a1", c.SearchAnd((c.SearchSet(SAVED), c.SearchSize("SMALLER", 9))), uid=True, returns=("SAVE", "MIN"))),
+    (b"a1 SEARCH UID $", c.Search("a1", c.SearchSet(SAVED, uid=True))),
+    (b"a1 FETCH $ (FLAGS)", c.Fetch("a1", SAVED, (c.FetchAtt("FLAGS"),))),
+    (b"a1 UID STORE $ +FLAGS (\\Seen)", c.Store("a1", SAVED, "+", ("\\Seen",), uid=True)),
+    (b"a1 UID COPY $ Archives", c.Copy("a1", SAVED, "Archives", uid=True)),
+    (b"a1 MOVE $ Archives", c.Move("a1", SAVED, "Archives")),
+    (b"a1 UID EXPUNGE $", c.Expunge("a1", SAVED)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("line", "expected"), SEARCHRES_VALID, ids=[v[0].decode() for v in SEARCHRES_VALID])
+def test_searchres_syntax(line: bytes, expected: c.Command) -> None:
+    assert one(line + b"\r\n") == expected
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 2**32 - 1), st.integers(1, 2**32 - 1) | st.none()), min_size=1, max_size=5
+    )
+)
+def test_dollar_never_hides_in_a_sequence_set(ranges: list[tuple[int, int | None]]) -> None:
+    """`$` alone is the saved result; anywhere inside a set it is refused, never half-parsed."""
+    text = ",".join(f"{a}:{'*' if b is None else b}" for a, b in ranges)
+    assert SequenceSet.parse(text).saved is False
+    for at in range(len(text) + 1):
+        mixed = text[:at] + "$" + text[at:]
+        event = parse_commands(b"a1 UID FETCH " + mixed.encode() + b" FLAGS\r\n")[0]
+        assert isinstance(event, c.BadCommand), mixed
+        assert event.tag == "a1"
+
+
 # ---------------------------------------------------------------------------------------- error paths
 
 ERRORS: list[tuple[bytes, str | None, str]] = [
@@ -326,8 +359,10 @@ ERRORS: list[tuple[bytes, str | None, str]] = [
     (b"a1 SEARCH LARGER -5", "a1", "cannot be negative"),
     (b"a1 SEARCH LARGER 99999999999999999999999", "a1", "too large"),
     (b"a1 SEARCH UID 0", "a1", "invalid sequence set"),
-    (b"a1 SEARCH $", "a1", "SEARCHRES"),
-    (b"a1 SEARCH RETURN (SAVE) ALL", "a1", "unknown SEARCH return option 'SAVE'"),
+    (b"a1 SEARCH 1,$", "a1", "'$' stands alone"),
+    (b"a1 FETCH $:4 FLAGS", "a1", "'$' stands alone"),
+    (b"a1 SELECT INBOX (QRESYNC (1 5 $))", "a1", "'$' (the saved search result) is not allowed here"),
+    (b"a1 SEARCH RETURN (KEEP) ALL", "a1", "unknown SEARCH return option 'KEEP'"),
     (b"a1 SEARCH MODSEQ \"/flags/x\" nope 5", "a1", "invalid MODSEQ entry type"),
     (b"a1 FETCH", "a1", "before the sequence set"),
     (b"a1 FETCH 1", "a1", "before the FETCH items"),

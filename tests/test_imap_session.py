@@ -871,6 +871,12 @@ async def test_store_failures_in_sasl_and_idle_continuations(
     monkeypatch.setattr(c.backend, "changes_since", broken)
     assert (await c("DONE")) == "i NO [SERVERBUG] internal server error\r\n"
     assert not c.session.idling
+    # The store failing as IDLE starts: the client already has "+ idling", so no NO now (it
+    # would end an IDLE the session still holds); DONE ends it as usual.
+    assert (await c("j IDLE")) == "+ idling\r\n"
+    assert c.session.idling
+    monkeypatch.undo()
+    assert (await c("DONE")) == "j OK IDLE terminated\r\n"
 
 
 async def test_repeated_authentication_failures_close_the_connection(store: MemoryStore) -> None:

@@ -120,3 +120,53 @@ async def test_folder_watcher_wakes_on_hub_and_on_poll(store: MailStore) -> None
         waiting.cancel()
     finally:
         watch.close()
+
+
+async def test_folder_watcher_remembers_a_change_made_while_the_session_was_busy(store: MailStore) -> None:
+    mailbox = await store.get_mailbox(A)
+    assert mailbox is not None
+    inbox = await store.get_folder(A, "INBOX")
+    watcher = FolderWatcher(store, poll_interval=None)
+    watch = watcher.watch(mailbox.id)
+    try:
+        # Not waiting (busy with a command): the change must not be lost for the next IDLE wait.
+        await store.store_message(raw(1), local_recipients=[A])
+        assert watch.wait(inbox.id, inbox.highestmodseq).done()
+        # ... and only once: the following wait blocks until something else happens.
+        waiting = watch.wait(inbox.id, inbox.highestmodseq + 1)
+        await asyncio.sleep(0)
+        assert not waiting.done() and watcher.waiting == 1
+        waiting.cancel()
+        await asyncio.sleep(0)
+        assert watcher.waiting == 0
+    finally:
+        watch.close()
+    assert watcher.watching == 0
+
+
+async def test_sessions_woken_by_one_change_share_one_query(
+    store: MailStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inbox = await store.get_folder(A, "INBOX")
+    watcher = FolderWatcher(store, poll_interval=None)
+    queries = 0
+    real = store.changes_since
+
+    async def counting(folder_id: int, modseq: int) -> object:
+        nonlocal queries
+        queries += 1
+        return await real(folder_id, modseq)
+
+    monkeypatch.setattr(store, "changes_since", counting)
+    await store.store_message(raw(1), local_recipients=[A])
+    results = await asyncio.gather(*(watcher.changes_since(inbox.id, 0) for _ in range(200)))
+    assert queries == 1
+    assert all(r.changed and r.changed[0].uid == results[0].changed[0].uid for r in results)
+    # A query that started before a change is never handed to someone who asks after it.
+    first = asyncio.ensure_future(watcher.changes_since(inbox.id, 0))
+    await asyncio.sleep(0)
+    await store.store_message(raw(2), local_recipients=[A])
+    second = await watcher.changes_since(inbox.id, 0)
+    await first
+    assert queries == 3
+    assert len(second.changed) == 2

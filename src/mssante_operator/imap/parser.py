@@ -594,12 +594,12 @@ class _Reader:
                 raise self.fail(f"expected a mailbox pattern, found {_show(b)}")
         return self._name(raw, "mailbox pattern")
 
-    def sequence_set(self) -> SequenceSet:
+    def sequence_set(self, *, allow_saved: bool = True) -> SequenceSet:
         raw = self.take(_SEQ_CHARS)
         if not raw:
             raise self.fail(f"expected a sequence set, found {_show(self.peek())}")
-        if b"$" in raw:
-            raise self.fail("'$' (SEARCHRES) is not supported")
+        if b"$" in raw and not allow_saved:
+            raise self.fail("'$' (the saved search result) is not allowed here")
         try:
             return SequenceSet.parse(raw)
         except SequenceSetError as exc:
@@ -794,7 +794,7 @@ def _qresync(r: _Reader) -> c.QResync:
     if r.peek() == 0x20:
         r.pos += 1
         if r.peek() != 0x28:
-            known = r.sequence_set()
+            known = r.sequence_set(allow_saved=False)
             if known.uses_star:
                 raise r.fail("'*' is not allowed in QRESYNC known UIDs")
             if r.peek() == 0x20:
@@ -808,9 +808,9 @@ def _qresync(r: _Reader) -> c.QResync:
 
 def _seq_match(r: _Reader) -> tuple[SequenceSet, SequenceSet]:
     r.expect(0x28, "to open the QRESYNC sequence match data")
-    seqs = r.sequence_set()
+    seqs = r.sequence_set(allow_saved=False)
     r.sp("the known UID set")
-    uids = r.sequence_set()
+    uids = r.sequence_set(allow_saved=False)
     r.expect(0x29, "to close the QRESYNC sequence match data")
     if seqs.uses_star or uids.uses_star:
         raise r.fail("'*' is not allowed in QRESYNC sequence match data")
@@ -987,7 +987,7 @@ def _search(r: _Reader, tag: str, uid: bool) -> c.Command:
         r.sp("the ESEARCH return options")
         opts = r.parenthesised_atoms("SEARCH return option")
         for opt in opts:
-            if opt not in c.ESEARCH_OPTIONS:
+            if opt not in c.ESEARCH_OPTIONS and opt != "SAVE":  # SAVE: RFC 5182 SEARCHRES
                 raise r.fail(f"unknown SEARCH return option {opt[:40]!r}")
         returns = tuple(dict.fromkeys(opts))
         r.sp("the search criteria")

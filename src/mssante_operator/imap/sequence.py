@@ -10,7 +10,7 @@ import bisect
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-__all__ = ["SequenceSet", "SequenceSetError", "compress", "compress_ordered", "missing_ranges"]
+__all__ = ["SAVED", "SequenceSet", "SequenceSetError", "compress", "compress_ordered", "missing_ranges"]
 
 # A UID or sequence number is a 32-bit non-zero unsigned integer.
 MAX_NUMBER = 0xFFFFFFFF
@@ -28,12 +28,18 @@ class SequenceSet:
     """A parsed sequence set: ranges (low, high) in client order; a single number is (n, n)."""
 
     ranges: tuple[tuple[Bound, Bound], ...]
+    #: `$` (RFC 5182 SEARCHRES): the session's saved search result, resolved by the session.
+    saved: bool = False
 
     @classmethod
     def parse(cls, text: bytes | str) -> SequenceSet:
         raw = text.decode("ascii", "replace") if isinstance(text, bytes) else text
         if not raw:
             raise SequenceSetError("empty sequence set")
+        if raw == "$":
+            return SAVED
+        if "$" in raw:
+            raise SequenceSetError(f"'$' stands alone, it cannot be part of {raw!r}")
         ranges: list[tuple[Bound, Bound]] = []
         for item in raw.split(","):
             if not item:
@@ -53,6 +59,8 @@ class SequenceSet:
         return cls.parse(text) if text else cls(())
 
     def __str__(self) -> str:
+        if self.saved:
+            return "$"
         return ",".join(_render_range(a, b) for a, b in self.ranges)
 
     @property
@@ -107,6 +115,9 @@ class SequenceSet:
             raise SequenceSetError("'*' is not allowed here")
         for lo, hi in _merge(self._normalised(0)):
             yield from range(lo, hi + 1)
+
+
+SAVED = SequenceSet((), saved=True)
 
 
 def missing_ranges(known: SequenceSet, present: Sequence[int], *, below: int) -> list[tuple[int, int]]:

@@ -23,6 +23,7 @@ from mssante_operator.imap.driver import DriverConfig, serve_connection
 from mssante_operator.imap.notify import FolderWatcher
 from mssante_operator.imap.session import Session, SessionConfig
 from mssante_operator.imap.storage import StoreBackend
+from mssante_operator.ops import tlsbuffers
 from mssante_operator.ops.listener import TcpListener
 from mssante_operator.ops.logging import get_logger
 from mssante_operator.pki import CertificateValidator, Usage, peer_certificate, server_tls_context
@@ -121,6 +122,8 @@ class ImapService:
         self._listen_tls.sni_callback = self._use_current_context
         self.watcher = watcher or FolderWatcher(store, settings.imap.change_poll_seconds or None)
         self._listeners: list[TcpListener] = []
+        self._configs: dict[tuple[int, bool], tuple[Settings, SessionConfig]] = {}
+        self._driver: tuple[Settings, DriverConfig] | None = None
 
     def _use_current_context(self, sslobj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
         if self._tls is not self._listen_tls:
@@ -144,6 +147,8 @@ class ImapService:
         return sum(listener.active for listener in self._listeners)
 
     async def start(self) -> None:
+        # Thousands of mostly idle TLS connections: not 256 KiB of receive buffer each.
+        tlsbuffers.install()
         section = self._settings.imap
         starttls = TcpListener(
             self.name, section.host, section.starttls_port, lambda: _Connection(self, False), tls="starttls"
@@ -185,6 +190,23 @@ class ImapService:
 
     # -- one connection --------------------------------------------------------------------------
 
+    def _session_config(self, settings: Settings, implicit: bool) -> SessionConfig:
+        """Shared by every connection made under the same settings (immutable): one object, not
+        one per session, with thousands of sessions in IDLE."""
+        key = (id(settings), implicit)
+        cached = self._configs.get(key)
+        if cached is None or cached[0] is not settings:
+            cached = (settings, session_config(settings, starttls=not implicit))
+            self._configs = {k: v for k, v in self._configs.items() if v[0] is settings}
+            self._configs[key] = cached
+        return cached[1]
+
+    def _driver_config(self, settings: Settings) -> DriverConfig:
+        cached = self._driver
+        if cached is None or cached[0] is not settings:
+            cached = self._driver = (settings, driver_config(settings))
+        return cached[1]
+
     def client_identity(self, writer: asyncio.StreamWriter) -> CertificateIdentity | None:
         """The identity of a client certificate that passes `CertificateValidator`, else None."""
         cert = peer_certificate(writer.get_extra_info("ssl_object"))
@@ -215,7 +237,7 @@ class ImapService:
         )
         try:
             conn = self._conn_info(writer, backend) if implicit else ConnectionInfo(_peer(writer))
-            session = Session(backend, conn, session_config(settings, starttls=not implicit))
+            session = Session(backend, conn, self._session_config(settings, implicit))
             await serve_connection(
                 reader,
                 writer,
@@ -223,7 +245,7 @@ class ImapService:
                 tls_context=None if implicit else self._tls,
                 conn_after_tls=lambda w: self._conn_info(w, backend),
                 wait_for_change=backend.wait_for_change,
-                config=driver_config(settings),
+                config=self._driver_config(settings),
             )
         except Exception:
             log.exception("imap connection failed")

@@ -142,6 +142,13 @@ class _Selected:
     uids: array[int]
     pending_expunge: set[int] = field(default_factory=set)
     reported: dict[int, int] = field(default_factory=dict)  # uid → modseq already sent by STORE
+    # RFC 5182 `$`: UIDs saved by the last SEARCH RETURN (SAVE); selecting again empties it.
+    saved: list[int] = field(default_factory=list)
+
+    def saved_uids(self) -> list[int]:
+        """`$` now: the saved messages that were not expunged since (ascending, so also in
+        sequence-number order)."""
+        return [u for u in self.saved if self.seq_of(u) is not None]
 
     def seq_of(self, uid: int) -> int | None:
         i = bisect.bisect_left(self.uids, uid)
@@ -249,9 +256,9 @@ class Session:
             return caps
         caps += [
             "IDLE", "UIDPLUS", "MOVE", "NAMESPACE", "UNSELECT", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS",
-            "SPECIAL-USE", "CREATE-SPECIAL-USE", "CONDSTORE", "QRESYNC", "ESEARCH", "STATUS=SIZE", "QUOTA",
-            "QUOTA=RES-STORAGE", "BINARY", "UTF8=ACCEPT", "SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT",
-            "THREAD=REFERENCES", f"APPENDLIMIT={self.config.append_limit}",
+            "SPECIAL-USE", "CREATE-SPECIAL-USE", "CONDSTORE", "QRESYNC", "ESEARCH", "SEARCHRES",
+            "STATUS=SIZE", "QUOTA", "QUOTA=RES-STORAGE", "BINARY", "UTF8=ACCEPT", "SORT", "SORT=DISPLAY",
+            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", f"APPENDLIMIT={self.config.append_limit}",
         ]  # fmt: skip
         return caps
 
@@ -674,9 +681,10 @@ class Session:
         self._idle_tag = cmd.tag
         self.parser.expect_idle_done(cmd.tag)
         yield r.continuation("idling")
-        if self._selected is not None:
-            for line in await self._updates(allow_expunge=True):
-                yield line
+        # The client is idling now: a store failure here must not answer the IDLE with NO while
+        # the session waits for DONE (it would desynchronise both); the next wake-up retries.
+        for line in await self.poll_updates():
+            yield line
 
     async def _quota(self, cmd: c.GetQuota | c.GetQuotaRoot) -> AsyncIterator[Output]:
         if isinstance(cmd, c.GetQuota) and cmd.root != "":
@@ -724,6 +732,8 @@ class Session:
 
     def _resolve(self, sequence: SequenceSet, uid: bool) -> list[int]:
         sel = self._sel()
+        if sequence.saved:
+            return sel.saved_uids()
         if uid:
             return sequence.uids(sel.uids)
         count = len(sel.uids)
@@ -799,7 +809,7 @@ class Session:
         sel = self._sel()
         if sel.readonly:
             raise MailboxError("the mailbox is read-only (EXAMINE)", Code.READ_ONLY)
-        uids = cmd.uids.uids(sel.uids) if cmd.uids is not None else None
+        uids = self._resolve(cmd.uids, True) if cmd.uids is not None else None
         if uids is None or uids:
             await self.backend.expunge(sel.folder_id, uids)
         for line in await self._updates(allow_expunge=True):
@@ -810,6 +820,8 @@ class Session:
     def _uid_key(self, key: c.SearchKey) -> c.SearchKey:
         """Sequence numbers and `*` only mean something to this session: turn them into UID sets."""
         sel = self._sel()
+        if isinstance(key, c.SearchSet) and key.sequence.saved:
+            return c.SearchSet(SequenceSet.of(sel.saved_uids()), uid=True)
         if isinstance(key, c.SearchSet):
             # Range by range, never message by message: `1:*` on a large mailbox stays one range.
             # Sequence ranges map to contiguous UID ranges because the UID list is ascending and
@@ -841,18 +853,32 @@ class Session:
         return key
 
     async def _search(self, cmd: c.Search) -> AsyncIterator[Output]:
+        sel = self._sel()
+        key = self._uid_key(cmd.key)  # before SAVE empties `$`: `SEARCH RETURN (SAVE) $ ...` is valid
+        save = cmd.returns is not None and "SAVE" in cmd.returns
+        if save:
+            sel.saved = []  # RFC 5182: a failed SEARCH RETURN (SAVE) leaves `$` empty
         if cmd.charset not in (None, "UTF-8", "US-ASCII"):
             raise MailboxError(f"charset {cmd.charset} is not supported", Code.badcharset())
-        sel = self._sel()
         uses_modseq = _has_modseq(cmd.key)
         if uses_modseq:
             self.condstore = True
-        hits = await self.backend.search(sel.folder_id, self._uid_key(cmd.key))
+        hits = await self.backend.search(sel.folder_id, key)
         found = [u for u in hits.uids if sel.seq_of(u) is not None]
         numbers = found if cmd.uid else [sel.seq_of(u) or 0 for u in found]
         modseq = hits.highest_modseq if uses_modseq and found else None
-        if cmd.returns is not None or self.rev2:
-            opts = set(cmd.returns or ()) or {"ALL"}
+        returns = tuple(o for o in cmd.returns or () if o != "SAVE")
+        if save:
+            # With MIN and/or MAX, only those are saved (RFC 5182 section 2.4).
+            if found and ("MIN" in returns or "MAX" in returns):
+                picked = {min(found)} if "MIN" in returns else set()
+                sel.saved = sorted(picked | ({max(found)} if "MAX" in returns else set()))
+            else:
+                sel.saved = sorted(found)
+        if save and not returns:
+            pass  # SAVE alone: no ESEARCH response, the result only goes to `$`
+        elif cmd.returns is not None or self.rev2:
+            opts = set(returns) or {"ALL"}
             yield r.esearch(
                 cmd.tag, uid=cmd.uid,
                 minimum=min(numbers) if numbers and "MIN" in opts else None,

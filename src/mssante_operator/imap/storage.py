@@ -189,14 +189,14 @@ class StoreBackend:
             self._watch.close()
             self._watch = None
 
-    async def wait_for_change(self, folder_id: int) -> None:
-        """Resolves when the folder may have changed (the driver's IDLE waiter)."""
+    def wait_for_change(self, folder_id: int) -> asyncio.Future[None]:
+        """Resolves when the folder may have changed (the driver's IDLE waiter): a plain future,
+        not a task, so that a session in IDLE costs little."""
         if self.watcher is None or self.mailbox_id is None:
-            await asyncio.Event().wait()
-            return
+            return asyncio.get_running_loop().create_future()
         if self._watch is None:
             self._watch = self.watcher.watch(self.mailbox_id)
-        await self._watch.wait(folder_id, self._known.get(folder_id, 0))
+        return self._watch.wait(folder_id, self._known.get(folder_id, 0))
 
     # -- authentication --------------------------------------------------------------------------
 
@@ -313,7 +313,9 @@ class StoreBackend:
 
     async def changes_since(self, folder_id: int, modseq: int) -> Changes:
         with _store_errors():
-            changes = await self.store.changes_since(folder_id, modseq)
+            # Through the watcher: sessions woken by one change share one query.
+            source = self.watcher if self.watcher is not None else self.store
+            changes = await source.changes_since(folder_id, modseq)
         self._known[folder_id] = max(self._known.get(folder_id, 0), changes.highestmodseq)
         return Changes(
             highestmodseq=changes.highestmodseq,

@@ -13,6 +13,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
+from mssante_operator.ops.logging import get_logger
+
+log = get_logger(__name__)
+
 
 class ChangeKind(StrEnum):
     NEW = "new"  # messages appended
@@ -84,6 +88,7 @@ class ChangeHub:
         self._subs: dict[int, set[Subscription]] = {}
         self._maxsize = maxsize
         self._observers: list[Callable[[MailboxChange], None]] = []
+        self._listeners: list[Callable[[MailboxChange], None]] = []
 
     def add_observer(self, observer: Callable[[MailboxChange], None]) -> None:
         """Called with every change published here (e.g. to relay it to other processes)."""
@@ -92,6 +97,15 @@ class ChangeHub:
     def remove_observer(self, observer: Callable[[MailboxChange], None]) -> None:
         with contextlib.suppress(ValueError):
             self._observers.remove(observer)
+
+    def add_listener(self, listener: Callable[[MailboxChange], None]) -> None:
+        """Called with every change seen in this process, local or relayed, synchronously: one
+        listener can fan out to thousands of waiters without a queue (or a task) for each."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[MailboxChange], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
 
     def subscribe(self, mailbox_id: int) -> Subscription:
         sub = Subscription(self, mailbox_id, self._maxsize)
@@ -118,6 +132,11 @@ class ChangeHub:
         (observers are not told, so that relayed changes do not bounce between processes)."""
         for sub in list(self._subs.get(change.mailbox_id, ())):
             sub._offer(change)
+        for listener in list(self._listeners):
+            try:
+                listener(change)
+            except Exception:  # the change is committed: a listener's bug must not fail the write
+                log.exception("change listener failed", mailbox_id=change.mailbox_id)
         if relay:
             for observer in list(self._observers):
                 observer(change)

@@ -40,6 +40,7 @@ import re
 import shutil
 import signal
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -454,7 +455,7 @@ def mixed_worker(args: dict[str, Any]) -> dict[str, Any]:
     check(client.select("INBOX"))
     appended: list[bytes] = []
     counts: dict[str, int] = {}
-    latencies: list[float] = []
+    latencies: list[tuple[str, float]] = []
     names = [n for n, _ in MIXED_WEIGHTS]
     weights = [w for _, w in MIXED_WEIGHTS]
     msg_rng = random.Random(args["seed"] + 1)
@@ -495,7 +496,7 @@ def mixed_worker(args: dict[str, Any]) -> dict[str, Any]:
             uid = appended.pop()
             check(client.uid("STORE", uid, "+FLAGS.SILENT", "(\\Deleted)"))
             check(client.uid("EXPUNGE", uid))
-        latencies.append(time.perf_counter() - t0)
+        latencies.append((kind, time.perf_counter() - t0))
         counts[kind] = counts.get(kind, 0) + 1
     client.logout()
     return {"counts": counts, "latencies": latencies}
@@ -518,8 +519,11 @@ def client_mixed(args: dict[str, Any]) -> dict[str, Any]:
         cpu = cpu_seconds(server_pids(name, args["pids"][name])) - cpu0
         counts: dict[str, int] = {}
         latencies: list[float] = []
+        by_kind: dict[str, list[float]] = {}
         for result in results:
-            latencies += result["latencies"]
+            for kind, seconds in result["latencies"]:
+                latencies.append(seconds)
+                by_kind.setdefault(kind, []).append(seconds)
             for kind, count in result["counts"].items():
                 counts[kind] = counts.get(kind, 0) + count
         latencies.sort()
@@ -531,6 +535,7 @@ def client_mixed(args: dict[str, Any]) -> dict[str, Any]:
             "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
             "cpu_ms_per_op": 1000 * cpu / max(total, 1),
             "counts": counts,
+            "p50_by_kind_ms": {k: 1000 * statistics.median(v) for k, v in sorted(by_kind.items())},
         }
     return out
 
@@ -609,12 +614,13 @@ def report_big(rows: list[dict[str, Any]]) -> None:
 
 
 def report_mixed(mixed: dict[str, Any]) -> None:
-    print("| server | ops/s | p50 | p99 | server CPU per op | ops by kind |")
-    print("|---|---:|---:|---:|---:|---|")
+    print("| server | ops/s | p50 | p99 | server CPU per op | ops by kind | p50 by kind (ms) |")
+    print("|---|---:|---:|---:|---:|---|---|")
     for name, m in mixed.items():
+        kinds = ", ".join(f"{k} {v:.0f}" for k, v in m["p50_by_kind_ms"].items())
         print(
             f"| {name} | {m['ops_per_s']:.1f} | {m['p50_ms']:.0f} ms | {m['p99_ms']:.0f} ms "
-            f"| {m['cpu_ms_per_op']:.1f} ms | {m['counts']} |"
+            f"| {m['cpu_ms_per_op']:.1f} ms | {m['counts']} | {kinds} |"
         )
     ratio = mixed["ours"]["ops_per_s"] / mixed["dovecot"]["ops_per_s"]
     print(f"ratio ours/Dovecot: {ratio:.2f}; load after {load()}", flush=True)
@@ -677,11 +683,12 @@ async def main_async(args: argparse.Namespace) -> None:
         pki = DevPki.init(tmp / "pki", server_hostname="mail.bench.test", server_structure_id="1750000018")
         maildirs = tmp / "maildirs"
         t0 = time.perf_counter()
-        big = write_maildir(maildirs / BIG, BIG, args.messages if "big" in only else 10, 1)
+        big_count = args.messages if "big" in only else 10
+        big = write_maildir(maildirs / BIG, BIG, big_count, 1)
         write_maildir(maildirs / SHARED, SHARED, SHARED_MESSAGES, 2)
         write_maildir(maildirs / IDLER, IDLER, 10, 3)
         print(
-            f"generated {args.messages} + {SHARED_MESSAGES} + 10 messages ({big / 2**20:.0f} MiB in the big "
+            f"generated {big_count} + {SHARED_MESSAGES} + 10 messages ({big / 2**20:.0f} MiB in the big "
             f"mailbox) in {time.perf_counter() - t0:.1f}s; load {load()}",
             flush=True,
         )

@@ -201,6 +201,13 @@ def test_mbox_reader_splits_unquotes_and_reads_flags_and_dates(tmp_path: Path) -
     assert two.message.internal_date == datetime(2025, 3, 5, 11, 30, tzinfo=UTC)
     assert isinstance(bad, SourceProblem) and bad.where == "line 18" and "header" in bad.reason
     assert four.message.internal_date == datetime(2025, 3, 7, 8, 0, tzinfo=UTC)  # from Date:
+    # Above the size limit: reported, never held in memory, and the next message still read.
+    small = list(read_mbox(path, max_size=100))
+    assert [(i.where, i.reason) for i in small[:2] if isinstance(i, SourceProblem)] == [
+        ("line 1", "more than 100 bytes, above the 100-byte message size limit"),
+        ("line 10", "more than 100 bytes, above the 100-byte message size limit"),
+    ]
+    assert isinstance(small[3], SourceMessage) and small[3].message.raw == four.message.raw
     not_mbox = tmp_path / "notes.txt"
     not_mbox.write_text("hello\n")
     with pytest.raises(SourceError, match="does not start with a 'From ' line"):

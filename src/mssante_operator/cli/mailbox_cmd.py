@@ -352,7 +352,7 @@ async def import_source(
                 highlight=False,
             )
 
-    for item in read_source(path):
+    for item in read_source(path, max_size):
         if isinstance(item, SourceProblem):
             report.problems.append((item.where, item.reason))
             continue

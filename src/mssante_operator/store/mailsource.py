@@ -106,7 +106,11 @@ def count_maildir(path: Path) -> int:
     )
 
 
-def read_maildir(path: Path) -> Iterator[SourceItem]:
+def _too_big(max_size: int) -> str:
+    return f"above the {max_size}-byte message size limit"
+
+
+def read_maildir(path: Path, max_size: int | None = None) -> Iterator[SourceItem]:
     """Messages of a Maildir (new/ and cur/, not its Maildir++ subfolders), in delivery order.
 
     new/ holds messages no client has seen: they get no flags. The internal date is the file's
@@ -122,8 +126,12 @@ def read_maildir(path: Path) -> Iterator[SourceItem]:
     for _, rel in names:
         file = path / rel
         try:
+            info = file.stat()
+            if max_size is not None and info.st_size > max_size:
+                yield SourceProblem(rel, f"{info.st_size} bytes, {_too_big(max_size)}")
+                continue
             raw = file.read_bytes()
-            mtime = file.stat().st_mtime
+            mtime = info.st_mtime
         except OSError as exc:
             yield SourceProblem(rel, f"cannot read: {exc.strerror or exc}")
             continue
@@ -182,13 +190,14 @@ def count_mbox(path: Path) -> int:
         return count
 
 
-def read_mbox(path: Path) -> Iterator[SourceItem]:
+def read_mbox(path: Path, max_size: int | None = None) -> Iterator[SourceItem]:
     """Messages of an mbox file, one line at a time.
 
     A message starts at a "From " line at the start of the file or after an empty line. Quoted
     ">From " lines are unquoted one level (mboxrd, which also reads mboxo files correctly for all
     but lines that really began with ">From "). Flags come from Status:/X-Status:, the internal
-    date from the "From " line (else the Date: header)."""
+    date from the "From " line (else the Date: header). A message above `max_size` is not held
+    in memory: it is reported as a problem once its end is found."""
     try:
         handle: BinaryIO = path.open("rb")
     except OSError as exc:
@@ -199,23 +208,32 @@ def read_mbox(path: Path) -> Iterator[SourceItem]:
             raise SourceError(f"{path} is not an mbox file: it does not start with a 'From ' line")
         lines: list[bytes] = []
         separator, start_line = first, 1
-        line_no = 1
+        line_no, size, oversize = 1, 0, False
         for line in handle:
             line_no += 1
             if line.startswith(b"From ") and (not lines or lines[-1] in (b"\n", b"\r\n")):
                 if lines:
                     lines.pop()  # the empty line before "From " belongs to the format
-                yield _mbox_message(separator, start_line, lines)
+                yield _mbox_message(separator, start_line, lines, max_size if oversize else None)
                 separator, start_line, lines = line, line_no, []
+                size, oversize = 0, False
                 continue
+            size += len(line) + 1
+            if max_size is not None and size > max_size:
+                oversize = True
+                lines = lines[-1:]  # keep only what tells where the message ends
             lines.append(_MBOXRD_FROM.sub(rb"\1", line))
         if lines and lines[-1] in (b"\n", b"\r\n"):
             lines.pop()
-        yield _mbox_message(separator, start_line, lines)
+        yield _mbox_message(separator, start_line, lines, max_size if oversize else None)
 
 
-def _mbox_message(separator: bytes, line_no: int, lines: list[bytes]) -> SourceItem:
+def _mbox_message(
+    separator: bytes, line_no: int, lines: list[bytes], exceeded: int | None = None
+) -> SourceItem:
     where = f"line {line_no}"
+    if exceeded is not None:
+        return SourceProblem(where, f"more than {exceeded} bytes, {_too_big(exceeded)}")
     raw = to_crlf(b"".join(lines))
     problem = _check_message(raw)
     if problem is not None:
@@ -224,8 +242,10 @@ def _mbox_message(separator: bytes, line_no: int, lines: list[bytes]) -> SourceI
     return SourceMessage(where, ImportedMessage(raw, _mbox_flags(raw), when))
 
 
-def read_source(path: Path) -> Iterator[SourceItem]:
-    return read_maildir(path) if detect(path) == "maildir" else read_mbox(path)
+def read_source(path: Path, max_size: int | None = None) -> Iterator[SourceItem]:
+    if detect(path) == "maildir":
+        return read_maildir(path, max_size)
+    return read_mbox(path, max_size)
 
 
 def count_source(path: Path) -> int:

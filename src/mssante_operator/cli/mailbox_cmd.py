@@ -1,8 +1,11 @@
-"""`mailbox add|list|show|suspend|resume|close|set-password`: mailbox administration."""
+"""`mailbox add|list|show|suspend|resume|close|set-password|import`: mailbox administration."""
 
 from __future__ import annotations
 
 import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import typer
 from rich.table import Table
@@ -18,10 +21,26 @@ from mssante_operator.accounts import (
     validate_new_mailbox,
 )
 from mssante_operator.addresses import InvalidAddress, domain_to_unicode
-from mssante_operator.cli.common import console, fail, run, state
+from mssante_operator.cli.common import console, err_console, fail, run, state
 from mssante_operator.cli.mailstore_ctx import open_mailstore
 from mssante_operator.config import MailboxType, Settings
-from mssante_operator.store.mailstore import DomainNotFound, MailboxNotFound, MailboxSummary, StoreError
+from mssante_operator.store.mailsource import (
+    SourceError,
+    SourceMessage,
+    SourceProblem,
+    count_source,
+    detect,
+    read_source,
+)
+from mssante_operator.store.mailstore import (
+    INBOX,
+    DomainNotFound,
+    ImportedMessage,
+    MailboxNotFound,
+    MailboxSummary,
+    MailStore,
+    StoreError,
+)
 from mssante_operator.store.models import Mailbox, MailboxStatus
 
 app = typer.Typer(help="Mailboxes (BAL): create, inspect, suspend, resume, close.", no_args_is_help=True)
@@ -283,3 +302,127 @@ def set_password_cmd(
     except StoreError as exc:
         fail(str(exc))
     console.print(f"password of {addr} " + ("cleared" if clear else "set"), highlight=False)
+
+
+@dataclass
+class ImportReport:
+    imported: int = 0
+    bytes: int = 0
+    first_uid: int | None = None
+    last_uid: int | None = None
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+
+async def import_source(
+    store: MailStore,
+    address: str,
+    path: Path,
+    folder: str,
+    *,
+    max_size: int,
+    batch_messages: int = 500,
+    batch_bytes: int = 32 * 1024 * 1024,
+    progress: bool = True,
+) -> ImportReport:
+    """Stream `path` into the mailbox, one `import_messages` transaction per batch."""
+    total = count_source(path)
+    report = ImportReport()
+    batch: list[ImportedMessage] = []
+    batch_size = 0
+    started = time.monotonic()
+    last_shown = 0.0
+
+    async def flush() -> None:
+        nonlocal batch, batch_size, last_shown
+        if not batch:
+            return
+        done = await store.import_messages(address, batch, folder=folder)
+        report.imported += len(done.uids)
+        report.bytes += done.size
+        report.first_uid = done.uids[0] if report.first_uid is None else report.first_uid
+        report.last_uid = done.uids[-1]
+        batch, batch_size = [], 0
+        now = time.monotonic()
+        if progress and (now - last_shown >= 1.0 or report.imported + len(report.problems) == total):
+            last_shown = now
+            rate = report.imported / max(now - started, 1e-6)
+            err_console.print(
+                f"  {report.imported + len(report.problems)}/{total} read, {report.imported} imported "
+                f"({rate:.0f} msg/s)",
+                highlight=False,
+            )
+
+    for item in read_source(path, max_size):
+        if isinstance(item, SourceProblem):
+            report.problems.append((item.where, item.reason))
+            continue
+        assert isinstance(item, SourceMessage)
+        size = len(item.message.raw)
+        if size > max_size:
+            report.problems.append(
+                (item.where, f"{size} bytes, above the {max_size}-byte message size limit")
+            )
+            continue
+        batch.append(item.message)
+        batch_size += size
+        if len(batch) >= batch_messages or batch_size >= batch_bytes:
+            await flush()
+    await flush()
+    return report
+
+
+@app.command("import")
+def import_cmd(
+    ctx: typer.Context,
+    address: str = typer.Argument(..., help="Mailbox address (must exist)"),
+    path: Path = typer.Argument(..., help="A Maildir directory (with cur/ and new/) or an mbox file"),
+    folder: str = typer.Option(INBOX, "--folder", "-f", help="Destination folder (must exist)"),
+    batch: int = typer.Option(500, "--batch", min=1, max=10_000, help="Messages per transaction"),
+) -> None:
+    """Import the messages of a Maildir or an mbox file (migration from another server).
+
+    Flags come from the Maildir file names (:2,S = \\Seen ...) or mbox Status:/X-Status: headers,
+    the internal date from the file's time or the mbox "From " line. Messages are encrypted and
+    get new UIDs in file order, as if delivered. Each batch is committed: on interruption, what was
+    reported imported is stored; re-running would import it twice.
+    """
+    settings = state(ctx).settings()
+    addr = _normalised(address)
+    try:
+        kind = detect(path)
+    except SourceError as exc:
+        fail(str(exc))
+    max_size = settings.smtp_inbound.max_message_size
+    err_console.print(f"importing {kind} {path} into {addr} folder {folder}", highlight=False)
+    started = time.monotonic()
+
+    async def go() -> tuple[ImportReport, int, int]:
+        async with open_mailstore(settings) as store:
+            mailbox = await store.get_mailbox(addr)
+            if mailbox is None:
+                raise MailboxNotFound(f"mailbox {addr} does not exist")
+            await store.get_folder(addr, folder)  # fail before reading anything
+            report = await import_source(store, addr, path, folder, max_size=max_size, batch_messages=batch)
+            return report, await store.mailbox_usage(addr), mailbox.quota_bytes
+
+    try:
+        report, used, quota = run(go())
+    except (SourceError, StoreError) as exc:
+        fail(str(exc))
+    elapsed = time.monotonic() - started
+    for where, reason in report.problems:
+        err_console.print(f"[yellow]skipped[/] {where}: {reason}", highlight=False)
+    uids = f", UIDs {report.first_uid}-{report.last_uid}" if report.first_uid is not None else ""
+    console.print(
+        f"imported {report.imported} message(s), {human_size(report.bytes)}, into {addr} {folder}{uids} "
+        f"in {elapsed:.1f}s ({report.imported / max(elapsed, 1e-6):.0f} msg/s); "
+        f"skipped {len(report.problems)}",
+        highlight=False,
+    )
+    if used > quota:
+        err_console.print(
+            f"[yellow]warning:[/] {addr} now uses {human_size(used)}, above its quota of {human_size(quota)}",
+            highlight=False,
+        )
+    if report.problems:
+        raise typer.Exit(1 if report.imported == 0 else 0)

@@ -17,9 +17,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import and_, bindparam, case, delete, exists, func, literal, or_, select, update
+from sqlalchemy import Table, and_, bindparam, case, delete, exists, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -289,6 +289,24 @@ class FlagUpdate:
     changed: list[MessageInfo]  # messages whose flags changed, with their new modseq
     unchanged: list[MessageInfo]  # messages already in the requested state
     modified: list[int]  # UIDs refused because their modseq is above UNCHANGEDSINCE (RFC 7162)
+
+
+@dataclass(frozen=True)
+class ImportedMessage:
+    """One message of a migration: the raw RFC 5322 bytes (CRLF line ends), flags, internal date."""
+
+    raw: bytes
+    flags: tuple[str, ...] = ()
+    internal_date: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass(frozen=True)
+class ImportBatch:
+    """`MailStore.import_messages`: where a committed batch went."""
+
+    folder_id: int
+    uids: list[int]
+    size: int
 
 
 def _aware(value: datetime) -> datetime:
@@ -837,6 +855,132 @@ class MailStore:
         return StoredMessage(
             queue_id=queue_id, body_id=body_id, size=len(raw), message_ids=copies, queue_entry_ids=entry_ids
         )
+
+    async def import_messages(
+        self, address: str, messages: Sequence[ImportedMessage], *, folder: str = INBOX
+    ) -> ImportBatch:
+        """Store many existing messages into one folder of one mailbox, in one transaction.
+
+        For migrations (`mailbox import`): the same encryption as delivery (a content key per body,
+        wrapped with the mailbox's data key; ciphertext bound to its body id) and the same UID and
+        modseq rules (consecutive UIDs from UIDNEXT, each message its own modseq above the folder's
+        HIGHESTMODSEQ), but one round of executemany INSERTs per batch instead of a transaction per
+        message. Flags and internal date come from the source. Returns after the commit (durable).
+        A closed mailbox refuses the import (MailboxClosed), as it refuses delivery.
+        """
+        if not messages:
+            return ImportBatch(folder_id=0, uids=[], size=0)
+        wanted = folder_name(folder)
+        prepared: list[tuple[bytes, str, datetime]] = []
+        for item in messages:
+            if not isinstance(item.raw, bytes) or not item.raw:
+                raise ValueError("an imported message must be non-empty bytes")
+            when = item.internal_date
+            if when.tzinfo is None:
+                raise ValueError("internal_date must be timezone-aware")
+            prepared.append((item.raw, _normalize_flags(item.flags), when))
+        addr = normalize_address(address)
+        async with self._write() as session:
+            row = (
+                await session.execute(
+                    select(Mailbox.id, Mailbox.wrapped_data_key, Mailbox.status).where(
+                        Mailbox.address == addr
+                    )
+                )
+            ).one_or_none()
+            if row is None:
+                raise MailboxNotFound(f"mailbox {addr} does not exist")
+            mailbox_id, wrapped_data_key, status = row
+            if status is MailboxStatus.CLOSED:
+                raise MailboxClosed(f"mailbox closed: {addr}")
+            data_key = self._master.unwrap(wrapped_data_key)
+            folder_id = await session.scalar(
+                select(Folder.id).where(Folder.mailbox_id == mailbox_id, Folder.name == wanted)
+            )
+            if folder_id is None:
+                raise FolderNotFound(f"folder {wanted!r} does not exist in {addr}")
+            content_keys = [new_data_key() for _ in prepared]
+            body_ids = await self._insert_bodies(
+                session, [(raw, key) for (raw, _, _), key in zip(prepared, content_keys, strict=True)]
+            )
+            # Taken after the bodies are written so the folder row lock (PostgreSQL) is held briefly.
+            allocated = (
+                await session.execute(
+                    update(Folder)
+                    .where(Folder.id == folder_id)
+                    .values(
+                        uidnext=Folder.uidnext + len(prepared),
+                        highestmodseq=Folder.highestmodseq + len(prepared),
+                    )
+                    .returning(Folder.uidnext, Folder.highestmodseq)
+                    .execution_options(synchronize_session=False)
+                )
+            ).one()
+            first_uid = int(allocated[0]) - len(prepared)
+            first_modseq = int(allocated[1]) - len(prepared) + 1
+            now = datetime.now(UTC)
+            rows = [
+                {
+                    "folder_id": folder_id,
+                    "mailbox_id": mailbox_id,
+                    "uid": first_uid + n,
+                    "body_id": body_id,
+                    "wrapped_body_key": wrap_key(data_key, key),
+                    "flags": flag_text,
+                    "internal_date": when,
+                    "size": len(raw),
+                    "modseq": first_modseq + n,
+                    "created_at": now,
+                }
+                for n, ((raw, flag_text, when), key, body_id) in enumerate(
+                    zip(prepared, content_keys, body_ids, strict=True)
+                )
+            ]
+            await session.execute(insert(Message), rows)
+        uids = [first_uid + n for n in range(len(prepared))]
+        log.info("messages imported", mailbox=addr, folder=wanted, count=len(uids), first_uid=uids[0])
+        self.changes.publish(MailboxChange(mailbox_id, folder_id, ChangeKind.NEW, tuple(uids)))
+        return ImportBatch(folder_id=int(folder_id), uids=uids, size=sum(len(p[0]) for p in prepared))
+
+    async def _insert_bodies(self, session: AsyncSession, bodies: Sequence[tuple[bytes, bytes]]) -> list[int]:
+        """Insert and encrypt many (plaintext, content key) bodies; return their ids in order.
+
+        The one place a batch import writes per-body rows: anything computed once per body at
+        delivery (a derived summary, an index) belongs here too. The ids come first because the
+        ciphertext is bound to its body id (associated data)."""
+        now = datetime.now(UTC)
+        result = await session.execute(
+            insert(MessageBody).returning(MessageBody.id, sort_by_parameter_order=True),
+            [{"size": len(raw), "backend": self._bodies.name, "created_at": now} for raw, _ in bodies],
+        )
+        ids = [int(i) for i in result.scalars().all()]
+        ciphertexts: list[bytes] = []
+        for body_id, (raw, key) in zip(ids, bodies, strict=True):
+            if len(raw) > _THREAD_THRESHOLD:
+                ciphertexts.append(await asyncio.to_thread(encrypt_body, key, raw, body_aad(body_id)))
+            else:
+                ciphertexts.append(encrypt_body(key, raw, body_aad(body_id)))
+        if isinstance(self._bodies, DatabaseBodyStorage):
+            # One executemany UPDATE rather than one statement per body.
+            table = cast(Table, MessageBody.__table__)
+            conn = await session.connection()
+            await conn.execute(
+                update(table)
+                .where(table.c.id == bindparam("b_id"))
+                .values(ciphertext=bindparam("b_ciphertext"), backend=self._bodies.name, location=None),
+                [{"b_id": i, "b_ciphertext": c} for i, c in zip(ids, ciphertexts, strict=True)],
+            )
+        else:
+            for body_id, ciphertext in zip(ids, ciphertexts, strict=True):
+                location = await self._bodies.put(session, body_id, ciphertext)
+                if location is not None:
+                    await session.execute(
+                        update(MessageBody)
+                        .where(MessageBody.id == body_id)
+                        .values(location=location)
+                        .execution_options(synchronize_session=False)
+                    )
+        return ids
 
     async def _decrypt(self, session: AsyncSession, body_id: int, content_key: bytes) -> bytes:
         ciphertext = await self._bodies.get(session, body_id)

@@ -310,3 +310,15 @@ def test_mailbox_import_command(cli_store_url: str, tmp_path: Path) -> None:
             await engine.dispose()
 
     asyncio.run(check())
+
+
+async def test_import_writes_the_imap_summaries_with_the_bodies(store: MailStore) -> None:
+    from sqlalchemy import func, select
+
+    from mssante_operator.store.models import MessageBody, MessageSummary
+
+    await store.import_messages(A, [ImportedMessage(msg(n, f"dr.{n}@clinique.test")) for n in range(4)])
+    async with store._sessions() as session:
+        bodies = await session.scalar(select(func.count()).select_from(MessageBody))
+        summaries = await session.scalar(select(func.count()).select_from(MessageSummary))
+    assert bodies == summaries == 4

@@ -239,3 +239,26 @@ async def test_deliver_refuses_when_not_running(
     await writer.stop()
     with pytest.raises(RuntimeError, match="not running"):
         await writer.deliver(_delivery(None, [f"alice@{DOMAIN}"], "late"))
+
+
+async def test_group_committed_deliveries_carry_their_imap_summaries(
+    engine: AsyncEngine, store: MailStore, master_key: MasterKey
+) -> None:
+    from mssante_operator.store.models import MessageSummary
+
+    writer = await _writer(engine, store, master_key)
+    try:
+        await asyncio.gather(
+            *(writer.deliver(_delivery(None, [f"alice@{DOMAIN}"], f"m{n}")) for n in range(6))
+        )
+    finally:
+        await writer.stop()
+    async with session_factory(engine)() as session:
+        bodies = await session.scalar(select(func.count()).select_from(MessageBody))
+        summaries = await session.scalar(select(func.count()).select_from(MessageSummary))
+        ids = list((await session.scalars(select(Message.id).order_by(Message.id))).all())
+    # Written in the delivery's own transaction, not lazily by the first IMAP read.
+    assert bodies == summaries == 6
+    searched = await store.read_summaries(ids, "search")
+    assert len(searched) == 6
+    assert all(b"m" in text for text in searched.values())

@@ -46,8 +46,9 @@ from mssante_operator.store.mailstore import (
     NoRecipients,
     StoredMessage,
 )
-from mssante_operator.store.models import Folder, Mailbox, MailboxStatus, Message, MessageBody
+from mssante_operator.store.models import Folder, Mailbox, MailboxStatus, Message, MessageBody, MessageSummary
 from mssante_operator.store.notify import ChangeKind, MailboxChange
+from mssante_operator.store.summaries import encrypted_summary_row, summarize_safely
 
 log = get_logger(__name__)
 
@@ -57,6 +58,9 @@ _MAILBOXES = cast(Table, Mailbox.__table__)
 _FOLDERS = cast(Table, Folder.__table__)
 _BODIES = cast(Table, MessageBody.__table__)
 _MESSAGES = cast(Table, Message.__table__)
+# Parsing a large message for its summary is done off the event loop, as its encryption is.
+_SUMMARY_THREAD_THRESHOLD = 1024 * 1024
+_SUMMARIES = cast(Table, MessageSummary.__table__)
 
 #: Writes journal rows (e.g. audit records) inside the batch's transaction, after the messages.
 Journal = Callable[[Connection, Sequence[dict[str, Any]]], None]
@@ -79,6 +83,8 @@ class _Pending:
     delivery: Delivery
     recipients: list[str]
     future: asyncio.Future[StoredMessage]
+    # IMAP's summary plaintexts, computed by the delivering task so the write lock is not held for it.
+    summary: tuple[bytes, bytes] | None
     # Filled while the batch is written (in the writer thread), read once it has committed.
     result: StoredMessage | None = None
     error: BaseException | None = None
@@ -181,8 +187,12 @@ class DeliveryWriter:
             raise NoRecipients("a message needs at least one local recipient")
         if delivery.internal_date.tzinfo is None:
             raise ValueError("internal_date must be timezone-aware")
+        if len(delivery.raw) > _SUMMARY_THREAD_THRESHOLD:
+            summary = await asyncio.to_thread(summarize_safely, delivery.raw)
+        else:
+            summary = summarize_safely(delivery.raw)
         future: asyncio.Future[StoredMessage] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(delivery, recipients, future))
+        self._queue.append(_Pending(delivery, recipients, future, summary))
         self._wake.set()
         return await future
 
@@ -388,6 +398,13 @@ class DeliveryWriter:
                 for p, key, body_id in zip(batch, keys, ids, strict=True)
             ],
         )
+        summaries = [
+            encrypted_summary_row(body_id, key, p.summary)
+            for p, key, body_id in zip(batch, keys, ids, strict=True)
+            if p.summary is not None
+        ]
+        if summaries:
+            conn.execute(insert(_SUMMARIES), summaries)
         return ids
 
     def _allocate_uids(

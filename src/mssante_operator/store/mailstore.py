@@ -19,7 +19,20 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, and_, bindparam, case, delete, exists, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -51,7 +64,14 @@ from mssante_operator.store.models import (
 from mssante_operator.store.notify import ChangeHub, ChangeKind, MailboxChange
 from mssante_operator.store.summaries import VERSION as SUMMARY_VERSION
 from mssante_operator.store.summaries import Part as SummaryPart
-from mssante_operator.store.summaries import add_summary, save_summaries, summary_aad, summary_row
+from mssante_operator.store.summaries import (
+    add_summary,
+    encrypted_summary_row,
+    save_summaries,
+    summarize_safely,
+    summary_aad,
+    summary_row,
+)
 
 log = get_logger(__name__)
 
@@ -960,6 +980,13 @@ class MailStore:
                 ciphertexts.append(await asyncio.to_thread(encrypt_body, key, raw, body_aad(body_id)))
             else:
                 ciphertexts.append(encrypt_body(key, raw, body_aad(body_id)))
+        summaries = [
+            encrypted_summary_row(body_id, key, parts)
+            for body_id, (raw, key) in zip(ids, bodies, strict=True)
+            if (parts := summarize_safely(raw, body_id=body_id)) is not None
+        ]
+        if summaries:
+            await session.execute(insert(MessageSummary), summaries)
         if isinstance(self._bodies, DatabaseBodyStorage):
             # One executemany UPDATE rather than one statement per body.
             table = cast(Table, MessageBody.__table__)

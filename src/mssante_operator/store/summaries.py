@@ -21,7 +21,16 @@ from mssante_operator.ops.logging import get_logger
 from mssante_operator.store.crypto import encrypt_body
 from mssante_operator.store.models import MessageSummary
 
-__all__ = ["VERSION", "Part", "add_summary", "save_summaries", "summary_aad", "summary_row"]
+__all__ = [
+    "VERSION",
+    "Part",
+    "add_summary",
+    "encrypted_summary_row",
+    "save_summaries",
+    "summarize_safely",
+    "summary_aad",
+    "summary_row",
+]
 
 log = get_logger(__name__)
 
@@ -36,20 +45,31 @@ def summary_aad(body_id: int, part: Part) -> bytes:
     return b"mssante-operator/summary-" + part.encode("ascii") + b"/v1:" + str(int(body_id)).encode("ascii")
 
 
-def summary_row(body_id: int, content_key: bytes, raw: bytes) -> dict[str, Any] | None:
-    """The `message_summaries` row of a body (CPU only); None if the message cannot be summarised
-    (IMAP then falls back to decrypting and parsing the body)."""
+def summarize_safely(raw: bytes, *, body_id: int | None = None) -> tuple[bytes, bytes] | None:
+    """The two summary plaintexts of a message; None if it cannot be summarised (IMAP then
+    falls back to decrypting and parsing the body)."""
     try:
-        search, summary = summarize(raw)
+        return summarize(raw)
     except Exception as exc:  # a parser bug must never cost a delivery
         log.warning("message summary failed", body_id=body_id, error=repr(exc))
         return None
+
+
+def encrypted_summary_row(body_id: int, content_key: bytes, parts: tuple[bytes, bytes]) -> dict[str, Any]:
+    """The `message_summaries` row for plaintexts from `summarize_safely`, bound to its body."""
+    search, summary = parts
     return {
         "body_id": body_id,
         "version": VERSION,
         "search": encrypt_body(content_key, search, summary_aad(body_id, "search")),
         "summary": encrypt_body(content_key, summary, summary_aad(body_id, "summary")),
     }
+
+
+def summary_row(body_id: int, content_key: bytes, raw: bytes) -> dict[str, Any] | None:
+    """The `message_summaries` row of a body (CPU only); None if it cannot be summarised."""
+    parts = summarize_safely(raw, body_id=body_id)
+    return None if parts is None else encrypted_summary_row(body_id, content_key, parts)
 
 
 async def add_summary(session: AsyncSession, body_id: int, content_key: bytes, raw: bytes) -> None:

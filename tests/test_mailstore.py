@@ -469,3 +469,16 @@ async def test_build_mailstore_from_settings(engine: AsyncEngine, tmp_path: Path
     store = build_mailstore(settings, session_factory(engine))
     assert store.master_key_fingerprint == key.fingerprint
     assert isinstance(store.body_storage, DatabaseBodyStorage)
+
+
+async def test_empty_folders_count_no_unseen_message(store: MailStore) -> None:
+    # An outer join row of an empty folder carries NULL flags: it is not an unseen message.
+    await store.add_domain("vide.test")
+    await store.add_mailbox("vide@vide.test", MailboxType.PER, owner_national_id="810000000009")
+    summary = await store.mailbox_summary("vide@vide.test")
+    assert [(f.name, f.messages, f.unseen) for f in summary.folders if f.unseen or f.messages] == []
+    stats = await store.folder_stats(summary.folders[0].id)
+    assert (stats.messages, stats.unseen) == (0, 0)
+    await store.store_message(b"Subject: x\r\n\r\nbody\r\n", local_recipients=["vide@vide.test"])
+    inbox = (await store.mailbox_summary("vide@vide.test")).folders[0]
+    assert (inbox.name, inbox.messages, inbox.unseen) == ("INBOX", 1, 1)

@@ -659,7 +659,7 @@ class MailStore:
                 select(
                     Folder,
                     func.count(Message.id),
-                    func.coalesce(func.sum(case((seen, 0), else_=1)), 0),
+                    func.coalesce(func.sum(case((Message.id.is_(None), 0), (seen, 0), else_=1)), 0),
                     func.coalesce(func.sum(Message.size), 0),
                 )
                 .outerjoin(Message, Message.folder_id == Folder.id)
@@ -1130,7 +1130,7 @@ class MailStore:
                     select(
                         Folder,
                         func.count(Message.id),
-                        func.coalesce(func.sum(case((seen, 0), else_=1)), 0),
+                        func.coalesce(func.sum(case((Message.id.is_(None), 0), (seen, 0), else_=1)), 0),
                         func.coalesce(func.sum(Message.size), 0),
                     )
                     .outerjoin(Message, Message.folder_id == Folder.id)

@@ -104,13 +104,21 @@ async def sample(engine: AsyncEngine, n: int) -> tuple[list[str], list[str], lis
     return national_ids, addresses, names
 
 
+WARM_UP = 500
+
+
 async def run(url: str, files: list[Path], n: int) -> dict[str, object]:
     engine = create_engine(url)
     await upgrade(engine)
     report = await import_files(engine, files)
     if report.applied:
         print(f"loaded {url}", file=sys.stderr)
-    national_ids, addresses, keys = await sample(engine, n)
+    national_ids, addresses, keys = await sample(engine, n + WARM_UP)
+    # Other keys than the measured ones: a server in steady state has the index's upper pages in
+    # memory; the first few hundred look-ups after opening the file pay for reading them.
+    warm_ids, national_ids = national_ids[:WARM_UP], national_ids[WARM_UP:]
+    warm_addresses, addresses = addresses[:WARM_UP], addresses[WARM_UP:]
+    keys = keys[WARM_UP:]
     rng = random.Random(7)
     prefixes = [k[: rng.randint(3, min(8, len(k)))] for k in keys]
     unknown = [f"nobody{i}@nowhere.mssante.fr" for i in range(n)]
@@ -118,6 +126,10 @@ async def run(url: str, files: list[Path], n: int) -> dict[str, object]:
 
     cold = DirectoryMirror(engine, cache_size=0, refresh_seconds=3600)
     await cold.is_loaded()
+    for i in warm_ids:
+        await cold.lookup_national_id(i)
+    for a in warm_addresses:
+        await cold.lookup_mailbox(a)
     results["national_id_uncached"] = await timed(
         [lambda i=i: cold.lookup_national_id(i) for i in national_ids]
     )

@@ -283,6 +283,19 @@ async def test_backend_failure_is_a_no_not_a_crash(store: MemoryStore) -> None:
     assert (await c("b NOOP")) == "b OK NOOP completed\r\n"
 
 
+async def test_overloaded_backend_answers_unavailable_so_clients_retry(store: MemoryStore) -> None:
+    class PoolExhausted(Exception):
+        pass
+
+    c = Client(store)
+    c.backend.transient_errors = (PoolExhausted,)  # type: ignore[attr-defined]
+    c.backend.fail_next = PoolExhausted("QueuePool limit reached, connection timed out")
+    assert (await c("a LOGIN x y")) == "a NO [UNAVAILABLE] server busy, try again\r\n"
+    c.backend.fail_next = RuntimeError("a bug")
+    assert (await c("b LOGIN x y")) == "b NO [SERVERBUG] internal server error\r\n"
+    assert (await c("c NOOP")) == "c OK NOOP completed\r\n"
+
+
 async def test_id_namespace_quota(store: MemoryStore) -> None:
     c = Client(store)
     assert (

@@ -289,7 +289,11 @@ class Session:
             # A store failure must not kill the connection or leak details to the client.
             log_failure("imap_command_failed", exc, command=name, account=self.account)
             self._sasl = None
-            yield r.tagged(tag or "*", "NO", "internal server error", Code.SERVERBUG)
+            if isinstance(exc, getattr(self.backend, "transient_errors", ())):
+                # Overload (no store connection free in time, a locked database): worth a retry.
+                yield r.tagged(tag or "*", "NO", "server busy, try again", Code.UNAVAILABLE)
+            else:
+                yield r.tagged(tag or "*", "NO", "internal server error", Code.SERVERBUG)
 
     async def _handle(self, event: Event) -> AsyncIterator[Output]:
         if isinstance(event, c.BadCommand):

@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from sqlalchemy import exc as sa_exc
+
 from mssante_operator.audit import AuditEvent, AuditLog
 from mssante_operator.auth import (
     Authenticator,
@@ -143,6 +145,10 @@ class _Folder:
 
 class StoreBackend:
     """`imap.backend.MailboxBackend` for one connection."""
+
+    #: Failures of an overloaded store (pool check-out timeout, SQLite lock wait exhausted): the
+    #: session answers `NO [UNAVAILABLE]` so that clients retry, instead of `[SERVERBUG]`.
+    transient_errors: tuple[type[Exception], ...] = (sa_exc.TimeoutError, sa_exc.OperationalError)
 
     def __init__(
         self,

@@ -9,6 +9,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Protocol
 
 from cryptography import x509
 
@@ -22,6 +23,7 @@ from mssante_operator.pki import CertificateValidator, PkiLoadError, RefusalReas
 from mssante_operator.relay.dsn import DsnAction, DsnRecipient, DsnReport, build_dsn, should_notify
 from mssante_operator.relay.queue import QueuedRecipient, QueueItem, RecipientResult
 from mssante_operator.relay.worker import TrustVerdict
+from mssante_operator.smtp.dsn import MailParams
 from mssante_operator.smtp.ports import (
     InboundMessage,
     MailboxState,
@@ -110,15 +112,7 @@ class GroupCommitSink:
             )
         )
         self._counter.count(event)
-        await self._dsn.local_success(
-            self._hostname,
-            mail_from=message.mail_from,
-            received_at=message.received_at,
-            envid=message.mail_params.envid,
-            raw=message.raw,
-            recipients=message.recipients,
-            queue_id=stored.queue_id,
-        )
+        await self._dsn.delivered(self._hostname, message, message.recipients, stored.queue_id)
         return StoreReceipt(stored.queue_id)
 
 
@@ -174,6 +168,19 @@ class StoreRecipients:
         return Verdict(decision.allowed, decision.reason, decision.temporary)
 
 
+class AcceptedMessage(Protocol):
+    """What a success DSN needs of an accepted message (inbound or submitted)."""
+
+    @property
+    def mail_from(self) -> str: ...
+    @property
+    def received_at(self) -> datetime: ...
+    @property
+    def raw(self) -> bytes: ...
+    @property
+    def mail_params(self) -> MailParams: ...
+
+
 class DsnSender:
     """Sends a DSN from the null sender: into the sender's INBOX when it is hosted here,
     through the relay queue otherwise."""
@@ -191,6 +198,20 @@ class DsnSender:
         )
         if self.on_queued is not None:
             self.on_queued()
+
+    async def delivered(
+        self, hostname: str, message: AcceptedMessage, recipients: Sequence[RecipientSpec], queue_id: str
+    ) -> None:
+        """`local_success` for an accepted inbound or submitted message."""
+        await self.local_success(
+            hostname,
+            mail_from=message.mail_from,
+            received_at=message.received_at,
+            envid=message.mail_params.envid,
+            raw=message.raw,
+            recipients=recipients,
+            queue_id=queue_id,
+        )
 
     async def local_success(
         self,
@@ -254,15 +275,7 @@ class StoreSink:
             internal_date=message.received_at,
             queue_id=message.queue_id,
         )
-        await self._dsn.local_success(
-            self._hostname,
-            mail_from=message.mail_from,
-            received_at=message.received_at,
-            envid=message.mail_params.envid,
-            raw=message.raw,
-            recipients=message.recipients,
-            queue_id=stored.queue_id,
-        )
+        await self._dsn.delivered(self._hostname, message, message.recipients, stored.queue_id)
         return StoreReceipt(stored.queue_id)
 
 

@@ -131,15 +131,7 @@ class StoreSubmissionSink:
         )
         if message.remote and self._wake is not None:
             self._wake()
-        await self._dsn.local_success(
-            self._hostname,
-            mail_from=message.mail_from,
-            received_at=message.received_at,
-            envid=message.mail_params.envid,
-            raw=message.raw,
-            recipients=message.local,
-            queue_id=stored.queue_id,
-        )
+        await self._dsn.delivered(self._hostname, message, message.local, stored.queue_id)
         return StoreReceipt(stored.queue_id)
 
 

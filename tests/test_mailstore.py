@@ -482,3 +482,26 @@ async def test_empty_folders_count_no_unseen_message(store: MailStore) -> None:
     await store.store_message(b"Subject: x\r\n\r\nbody\r\n", local_recipients=["vide@vide.test"])
     inbox = (await store.mailbox_summary("vide@vide.test")).folders[0]
     assert (inbox.name, inbox.messages, inbox.unseen) == ("INBOX", 1, 1)
+
+
+async def test_folder_index_reads_flags_in_one_pass(store: MailStore) -> None:
+    from mssante_operator.store.mailstore import FlagMode
+
+    await store.add_domain("idx.test")
+    await store.add_mailbox("idx@idx.test", MailboxType.PER, owner_national_id="810000000009")
+    inbox = await store.get_folder("idx@idx.test", "INBOX")
+    empty = await store.folder_index(inbox.id)
+    assert (empty.uids, empty.first_unseen_uid, empty.keywords, empty.deleted) == ([], None, [], 0)
+    for n in range(6):
+        await store.store_message(f"Subject: {n}\r\n\r\nx\r\n".encode(), local_recipients=["idx@idx.test"])
+    await store.update_flags(inbox.id, [1, 2, 4], ["\\Seen"], FlagMode.ADD)
+    await store.update_flags(inbox.id, [2, 3], ["$Urgent"], FlagMode.ADD)
+    await store.update_flags(inbox.id, [4, 5], ["\\Deleted"], FlagMode.ADD)
+    index = await store.folder_index(inbox.id)
+    assert index.uids == [1, 2, 3, 4, 5, 6]
+    assert index.first_unseen_uid == 3  # 3 has only a keyword, not \Seen
+    assert index.keywords == ["$Urgent"]
+    assert index.deleted == 2
+    assert index.highestmodseq == (await store.folder_stats(inbox.id)).highestmodseq
+    await store.update_flags(inbox.id, [3, 5, 6], ["\\Seen"], FlagMode.ADD)
+    assert (await store.folder_index(inbox.id)).first_unseen_uid is None

@@ -1315,24 +1315,25 @@ class MailStore:
                 (await session.execute(select(Message.uid).where(in_folder).order_by(Message.uid))).scalars()
             )
             top = await session.scalar(select(func.max(Message.modseq)).where(in_folder))
-            unseen = await session.scalar(
-                select(func.min(Message.uid)).where(in_folder, ~_has_flag("\\Seen"))
-            )
-            flag_sets = list(
-                (
+            # One pass over the folder for everything flag-related: a folder has few distinct
+            # flag sets, and the first unseen UID is the smallest UID of a set without \Seen.
+            flag_sets = [
+                (_flag_tuple(text), int(n), int(first))
+                for text, n, first in (
                     await session.execute(
-                        select(Message.flags, func.count())
-                        .where(in_folder, Message.flags != "")
+                        select(Message.flags, func.count(), func.min(Message.uid))
+                        .where(in_folder)
                         .group_by(Message.flags)
                     )
                 ).all()
-            )
-        keywords = sorted({f for text, _ in flag_sets for f in _flag_tuple(text) if not f.startswith("\\")})
-        deleted = sum(int(n) for text, n in flag_sets if "\\Deleted" in _flag_tuple(text))
+            ]
+        keywords = sorted({f for flags, _, _ in flag_sets for f in flags if not f.startswith("\\")})
+        deleted = sum(n for flags, n, _ in flag_sets if "\\Deleted" in flags)
+        unseen = min((first for flags, _, first in flag_sets if "\\Seen" not in flags), default=None)
         return FolderIndex(
             [int(u) for u in uids],
             max(int(highest), int(top or 0)),
-            None if unseen is None else int(unseen),
+            unseen,
             keywords,
             deleted,
         )

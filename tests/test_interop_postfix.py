@@ -53,39 +53,42 @@ async def test_postfix_peer_both_ways(
     )
     op.routes[POSTFIX_DOMAIN] = f"127.0.0.1:{peer.smtp_port}"
     await op.prepare([(op.domain, op.subject), (POSTFIX_DOMAIN, certificate_subject(pf_cert))])
-    op.serve()
-    alice, paul = op.address("alice"), f"paul@{POSTFIX_DOMAIN}"
+    try:
+        op.serve()
+        alice, paul = op.address("alice"), f"paul@{POSTFIX_DOMAIN}"
 
-    # Postfix -> us: a client of the Postfix operator submits (with a certificate, as Postfix's
-    # relay restrictions demand); Postfix relays to our inbound with its own certificate.
-    raw = message(paul, alice, "de Postfix")
-    async with _postfix_client(op, peer, pf_cert, pf_key) as client:
-        _errors, reply = await client.sendmail(paul, [alice], raw)
-        assert reply.startswith("2.0.0 Ok"), reply
-    [stored] = await op.wait_inbox(alice, timeout=60)
-    assert stored.endswith(raw[raw.index(b"\r\n\r\n") :])  # body byte for byte
-    assert header(stored, "Message-ID") == header(raw, "Message-ID")
-    assert header(stored, "X-MSS-Test") == "interop"
-    assert stored.startswith(b"Received: from mail.postfix-peer.mssante.test")
-    accepted = [
-        r
-        for r in await op.wait_records("message.accepted")
-        if r["cert_subject"] == certificate_subject(pf_cert)
-    ]
-    assert len(accepted) == 1
+        # Postfix -> us: a client of the Postfix operator submits (with a certificate, as Postfix's
+        # relay restrictions demand); Postfix relays to our inbound with its own certificate.
+        raw = message(paul, alice, "de Postfix")
+        async with _postfix_client(op, peer, pf_cert, pf_key) as client:
+            _errors, reply = await client.sendmail(paul, [alice], raw)
+            assert reply.startswith("2.0.0 Ok"), reply
+        [stored] = await op.wait_inbox(alice, timeout=60)
+        assert stored.endswith(raw[raw.index(b"\r\n\r\n") :])  # body byte for byte
+        assert header(stored, "Message-ID") == header(raw, "Message-ID")
+        assert header(stored, "X-MSS-Test") == "interop"
+        assert stored.startswith(b"Received: from mail.postfix-peer.mssante.test")
+        accepted = [
+            r
+            for r in await op.wait_records("message.accepted")
+            if r["cert_subject"] == certificate_subject(pf_cert)
+        ]
+        assert len(accepted) == 1
 
-    # Us -> Postfix: our relay, mutual TLS, into paul's Maildir.
-    out = message(alice, paul, "vers Postfix", "Resultats.\r\n")
-    sent = await op.queue_outbound(out, [OutboundDelivery(mail_from=alice, recipient=paul)])
-    [delivered] = await peer.wait_for_mail_async("paul", timeout=60)
-    assert delivered.endswith(out[out.index(b"\r\n\r\n") + 4 :].replace(b"\r\n", b"\n"))
-    assert f"Message-ID: {header(out, 'Message-ID')}".encode() in delivered
-    await op.wait_queue(sent.queue_id, lambda i: i[0].status is QueueStatus.DONE)
-    log = peer.logs()
-    assert "Trusted TLS connection established from" in log or "TLS connection established from" in log
-    [relayed] = await op.wait_records("message.relayed")
-    assert relayed["cert_subject"] == certificate_subject(pf_cert)
-    await op.audit_verify()
+        # Us -> Postfix: our relay, mutual TLS, into paul's Maildir.
+        out = message(alice, paul, "vers Postfix", "Resultats.\r\n")
+        sent = await op.queue_outbound(out, [OutboundDelivery(mail_from=alice, recipient=paul)])
+        [delivered] = await peer.wait_for_mail_async("paul", timeout=60)
+        assert delivered.endswith(out[out.index(b"\r\n\r\n") + 4 :].replace(b"\r\n", b"\n"))
+        assert f"Message-ID: {header(out, 'Message-ID')}".encode() in delivered
+        await op.wait_queue(sent.queue_id, lambda i: i[0].status is QueueStatus.DONE)
+        log = peer.logs()
+        assert "Trusted TLS connection established from" in log or "TLS connection established from" in log
+        [relayed] = await op.wait_records("message.relayed")
+        assert relayed["cert_subject"] == certificate_subject(pf_cert)
+        await op.audit_verify()
+    finally:
+        op.stop()  # the serve process must not outlive the test
 
 
 def _postfix_client(op: Operator, peer: PostfixPeer, cert: Path, key: Path):  # type: ignore[no-untyped-def]

@@ -266,40 +266,18 @@ class InboundSmtp(MssSmtp):
         try:
             receipt = await self.ports.sink.store(message)
         except Exception as exc:
-            self._log.error("storing the message failed", queue_id=queue_id, error=repr(exc))
-            await self.refused(
-                "data",
-                Decision.refuse(STORAGE_FAILED, "storage_failed"),
-                mail_from=transaction.mail_from,
-                recipients=addresses,
-                size=len(message.raw),
-            )
-            return STORAGE_FAILED
+            return await self._storage_failed(message, addresses, exc)
         reply = accepted_reply(receipt.queue_id)
-        event = self._event(
-            "data",
-            "accepted",
-            "ok",
-            reply,
-            mail_from=transaction.mail_from,
-            recipients=addresses,
-            queue_id=receipt.queue_id,
-            size=len(message.raw),
-        )
         try:
-            await self.ports.audit.record_durable(event)
+            await self.ports.audit.record_durable(
+                self._accepted_event(reply, message, addresses, receipt.queue_id)
+            )
         except Exception as exc:
             # The message is stored but its audit record is not: refuse the acknowledgement
             # (the peer retries; see README on duplicates) rather than acknowledge untraced mail.
             self._log.error("durable audit failed after store", queue_id=receipt.queue_id, error=repr(exc))
             return STORAGE_FAILED
-        self._log.info(
-            "accepted",
-            queue_id=receipt.queue_id,
-            mail_from=transaction.mail_from,
-            recipients=list(addresses),
-            size=len(message.raw),
-        )
+        self._log_accepted(receipt.queue_id, message, addresses)
         return reply
 
     async def _deliver_with_audit(
@@ -307,33 +285,47 @@ class InboundSmtp(MssSmtp):
     ) -> SmtpReply:
         # The queue id is ours, so the acceptance record can be written with the message itself.
         reply = accepted_reply(message.queue_id)
-        event = self._event(
+        try:
+            await sink.store_accepted(
+                message, self._accepted_event(reply, message, addresses, message.queue_id)
+            )
+        except Exception as exc:
+            return await self._storage_failed(message, addresses, exc)
+        self._log_accepted(message.queue_id, message, addresses)
+        return reply
+
+    def _accepted_event(
+        self, reply: SmtpReply, message: InboundMessage, addresses: tuple[str, ...], queue_id: str
+    ) -> SmtpAuditEvent:
+        return self._event(
             "data",
             "accepted",
             "ok",
             reply,
             mail_from=message.mail_from,
             recipients=addresses,
-            queue_id=message.queue_id,
+            queue_id=queue_id,
             size=len(message.raw),
         )
-        try:
-            await sink.store_accepted(message, event)
-        except Exception as exc:
-            self._log.error("storing the message failed", queue_id=message.queue_id, error=repr(exc))
-            await self.refused(
-                "data",
-                Decision.refuse(STORAGE_FAILED, "storage_failed"),
-                mail_from=message.mail_from,
-                recipients=addresses,
-                size=len(message.raw),
-            )
-            return STORAGE_FAILED
+
+    async def _storage_failed(
+        self, message: InboundMessage, addresses: tuple[str, ...], exc: Exception
+    ) -> SmtpReply:
+        self._log.error("storing the message failed", queue_id=message.queue_id, error=repr(exc))
+        await self.refused(
+            "data",
+            Decision.refuse(STORAGE_FAILED, "storage_failed"),
+            mail_from=message.mail_from,
+            recipients=addresses,
+            size=len(message.raw),
+        )
+        return STORAGE_FAILED
+
+    def _log_accepted(self, queue_id: str, message: InboundMessage, addresses: tuple[str, ...]) -> None:
         self._log.info(
             "accepted",
-            queue_id=message.queue_id,
+            queue_id=queue_id,
             mail_from=message.mail_from,
             recipients=list(addresses),
             size=len(message.raw),
         )
-        return reply

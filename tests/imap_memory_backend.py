@@ -15,6 +15,7 @@ from typing import Literal
 from mssante_operator.imap import search as imap_search
 from mssante_operator.imap import summary as imap_summary
 from mssante_operator.imap.backend import (
+    AppendMessage,
     AppendResult,
     AuthResult,
     Changes,
@@ -27,6 +28,7 @@ from mssante_operator.imap.backend import (
     FolderStatus,
     MailboxError,
     MessageData,
+    MultiAppendResult,
     Quota,
     SearchHits,
     SelectedFolder,
@@ -304,6 +306,17 @@ class MemoryBackend:
         f.uidnext += 1
         f.messages[uid] = Msg(uid, set(flags), f.bump(), message, date or NOW)
         return AppendResult(f.uidvalidity, uid)
+
+    async def append_many(self, name: str, messages: Sequence[AppendMessage]) -> MultiAppendResult:
+        f = self._folder(name, "TRYCREATE")
+        uids: list[int] = []
+        for m in messages:
+            assert isinstance(m.message, bytes)
+            uid = f.uidnext
+            f.uidnext += 1
+            f.messages[uid] = Msg(uid, set(m.flags), f.bump(), m.message, m.date or NOW)
+            uids.append(uid)
+        return MultiAppendResult(f.uidvalidity, tuple(uids))
 
     async def create(self, name: str, special_use: Sequence[str]) -> None:
         if name in self._acct().folders:

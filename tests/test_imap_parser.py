@@ -336,7 +336,12 @@ ERRORS: list[tuple[bytes, str | None, str]] = [
     (b'a1 APPEND INBOX "1-Jan-2024" {3+}\r\nabc', "a1", "invalid date-time"),
     (b'a1 APPEND INBOX "31-Feb-2024 10:00:00 +0000" {3+}\r\nabc', "a1", "invalid date-time: day is out of range"),
     (b'a1 APPEND INBOX "01-Foo-2024 10:00:00 +0000" {3+}\r\nabc', "a1", "invalid month 'Foo'"),
-    (b"a1 APPEND INBOX {3+}\r\nabc {3+}\r\ndef", "a1", "MULTIAPPEND is not supported"),
+    (b"a1 APPEND INBOX {3+}\r\nabc (\\Seen)", "a1", "the message literal is missing after the flags"),
+    (b'a1 APPEND INBOX {3+}\r\nabc "01-Jan-2024 10:00:00 +0000"', "a1", "message literal is missing after the date"),
+    (b"a1 APPEND INBOX {3+}\r\nabc {3+}\r\ndef junk", "a1", "must be a literal, found 'j'"),
+    (b"a1 APPEND INBOX {3+}\r\nabc{3+}\r\ndef", "a1", "expected SP before the message, found '{'"),
+    (b"a1 APPEND INBOX {3+}\r\nabc {-3+}", "a1", "literal size cannot be negative"),
+    (b"a1 APPEND INBOX {3+}\r\nabc ", "a1", "must be a literal, found end of line"),
     (b"a1 APPEND INBOX UTF8 (~{3+}\r\nabc)", "a1", "APPEND UTF8 needs ENABLE UTF8=ACCEPT first"),
     (b"a1 APPEND INBOX CATENATE (TEXT {3+}\r\nabc)", "a1", "APPEND CATENATE is not supported"),
     (b"a1 LOGIN ~{3+}\r\nabc x", "a1", "literal8"),
@@ -540,7 +545,8 @@ def test_huge_append_is_refused_with_toobig() -> None:
     p = CommandParser(max_append=100)
     p.feed(b"a APPEND INBOX {101}\r\n")
     event = p.next_event()
-    assert isinstance(event, c.BadCommand) and event.code == "TOOBIG" and "message of 101" in event.reason
+    # RFC 7889: a well-formed APPEND whose message is over the limit is a NO [TOOBIG], not a BAD.
+    assert event == c.RefusedLiteral("a", "message of 101 octets exceeds the limit of 100", "TOOBIG")
     p.feed(b"a APPEND INBOX {100}\r\n")
     assert p.next_event() == c.ContinuationRequest("a", "APPEND", 100)
 

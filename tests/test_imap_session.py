@@ -266,7 +266,7 @@ async def test_fatal_literal_closes(store: MemoryStore) -> None:
     await c.login()
     assert (
         await c("b APPEND INBOX {1000}")
-    ) == "b BAD [TOOBIG] message of 1000 octets exceeds the limit of 100\r\n"
+    ) == "b NO [TOOBIG] message of 1000 octets exceeds the limit of 100\r\n"
 
 
 async def test_logout(store: MemoryStore) -> None:

@@ -26,10 +26,11 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from mssante_operator.imap.commands import LiteralSink, SearchKey
+from mssante_operator.imap.commands import AppendMessage, LiteralSink, SearchKey
 from mssante_operator.imap.summary import Summary
 
 __all__ = [
+    "AppendMessage",
     "AppendResult",
     "AuthResult",
     "Changes",
@@ -43,6 +44,7 @@ __all__ = [
     "MailboxBackend",
     "MailboxError",
     "MessageData",
+    "MultiAppendResult",
     "Quota",
     "SearchHits",
     "SelectedFolder",
@@ -191,6 +193,14 @@ class AppendResult:
 
 
 @dataclass(frozen=True, slots=True)
+class MultiAppendResult:
+    """The UIDs of a MULTIAPPEND's messages, in the order of the command."""
+
+    uidvalidity: int
+    uids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Quota:
     used_bytes: int
     limit_bytes: int
@@ -250,6 +260,11 @@ class MailboxBackend(Protocol):
         message: bytes | LiteralSink,
         size: int,
     ) -> AppendResult: ...
+
+    async def append_many(self, name: str, messages: Sequence[AppendMessage]) -> MultiAppendResult:
+        """RFC 3502 MULTIAPPEND: every message or none (one transaction), consecutive UIDs in order;
+        refusals as for `append` (TRYCREATE, TOOBIG per message, OVERQUOTA for the sum)."""
+        ...
 
     async def create(self, name: str, special_use: Sequence[str]) -> None: ...
 

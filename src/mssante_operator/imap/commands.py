@@ -61,6 +61,19 @@ class BadCommand(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class RefusedLiteral(Event):
+    """A synchronising literal the server will not take (an APPEND message over APPENDLIMIT, or an
+    APPEND whose messages together exceed the command's limit): answer `tag NO [code] reason`
+    instead of the continuation request. The client does not send the literal and the command is
+    over, so the parser is already back at the start of the next command. RFC 7889 wants NO [TOOBIG]
+    here, not BAD: the command was well formed."""
+
+    tag: str | None
+    reason: str
+    code: str | None = "TOOBIG"
+
+
+@dataclass(frozen=True, slots=True)
 class Done(Event):
     """`DONE`, the end of IDLE."""
 
@@ -251,6 +264,38 @@ class Append(Command):
     size: int = 0
     binary: bool = False  # sent as literal8 (~{n})
     name: ClassVar[str] = "APPEND"
+
+
+@dataclass(frozen=True, slots=True)
+class AppendMessage:
+    """One message of an APPEND: its optional flags and internal date, and the literal."""
+
+    flags: tuple[str, ...]
+    date: dt.datetime | None
+    message: bytes | LiteralSink = field(repr=False)
+    size: int = 0
+    binary: bool = False  # sent as literal8 (~{n})
+
+
+@dataclass(frozen=True, slots=True)
+class MultiAppend(Command):
+    """RFC 3502 MULTIAPPEND: two or more messages for one mailbox, appended all or none.
+
+    The parser returns a plain `Append` for one message, so single APPEND keeps its own path."""
+
+    mailbox: str
+    messages: tuple[AppendMessage, ...]
+    name: ClassVar[str] = "APPEND"
+
+    @property
+    def size(self) -> int:
+        return sum(m.size for m in self.messages)
+
+    def discard(self) -> None:
+        """The command failed: drop the messages that were streamed to sinks."""
+        for m in self.messages:
+            if not isinstance(m.message, bytes):
+                m.message.discard()
 
 
 @dataclass(frozen=True, slots=True)

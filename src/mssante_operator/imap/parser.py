@@ -14,6 +14,10 @@ with a BadCommand and parsing resumes at the next command. Limits:
 - a literal larger than `max_literal` (`max_append` for an APPEND message) is refused before any of
   it is read when synchronising (the client will not send it); a non-synchronising one cannot be
   refused without reading it, so that is fatal (BYE);
+- an APPEND with several messages (RFC 3502 MULTIAPPEND) is bounded by `max_multiappend` octets of
+  messages in all and `max_append_messages` messages, refused the same way at the first literal
+  that crosses a limit; an APPEND message refused when synchronising is a `RefusedLiteral` (NO
+  [TOOBIG], RFC 7889), anything else refused is a BadCommand;
 - a command's lines and non-message literals together are bounded by `max_command`;
 - SEARCH criteria nest at most `max_depth` parentheses / NOT / OR deep.
 
@@ -42,6 +46,7 @@ from mssante_operator.imap.commands import (
     Done,
     Event,
     LiteralSink,
+    RefusedLiteral,
 )
 from mssante_operator.imap.mutf7 import MUTF7Error, decode_name
 from mssante_operator.imap.sequence import SequenceSet, SequenceSetError
@@ -124,6 +129,8 @@ class CommandParser:
         max_literal: int = 64 * 1024,
         max_append: int = 64 * 1024 * 1024,
         max_command: int = 1024 * 1024,
+        max_multiappend: int | None = None,
+        max_append_messages: int = 1000,
         max_depth: int = 32,
         sink_factory: SinkFactory | None = None,
         sink_threshold: int = 256 * 1024,
@@ -132,6 +139,10 @@ class CommandParser:
         self.max_literal = max_literal
         self.max_append = max_append
         self.max_command = max_command
+        #: Octets of all the messages of one APPEND (None: `max_append`, so that a MULTIAPPEND
+        #: buffers no more than one APPEND may).
+        self.max_multiappend = max_append if max_multiappend is None else max_multiappend
+        self.max_append_messages = max_append_messages
         self.max_depth = max_depth
         self.sink_factory = sink_factory
         self.sink_threshold = sink_threshold
@@ -211,6 +222,8 @@ class CommandParser:
         self._frame_tag: str | None = None
         self._frame_cmd: str | None = None
         self._frame_size = 0
+        self._frame_messages = 0  # APPEND message literals announced so far
+        self._frame_message_bytes = 0  # and their octets
         self._frame_error: tuple[str, str | None] | None = None
         self._lit_remaining = 0
         self._lit_target: bytearray | LiteralSink = bytearray()
@@ -294,19 +307,19 @@ class CommandParser:
         is_message = self._frame_cmd == "APPEND" and not (
             len(self._literals) == 0 and first and _append_mailbox_is_literal(line, m.start())
         )
-        limit = self.max_append if is_message else self.max_literal
-        too_big = size > limit or (not is_message and self._frame_size + size > self.max_command)
-        if too_big:
-            what = "message" if is_message else "literal"
-            reason = f"{what} of {size} octets exceeds the limit of {limit}"
-            if size <= limit:
-                reason = f"command exceeds the limit of {self.max_command} octets"
+        reason = self._literal_refusal(size, is_message)
+        if reason is not None:
             self._drop_frame()
             if sync:
+                if is_message:
+                    return RefusedLiteral(tag, reason, "TOOBIG")
                 return BadCommand(tag, reason, "TOOBIG")
             self._mode = _Mode.CLOSED
             return BadCommand(tag, reason + " (non-synchronising literal: closing)", "TOOBIG", fatal=True)
-        if not is_message:
+        if is_message:
+            self._frame_messages += 1
+            self._frame_message_bytes += size
+        else:
             self._frame_size += size
         self._lit_remaining = size
         if self._frame_error is not None:
@@ -318,6 +331,25 @@ class CommandParser:
         self._mode = _Mode.LITERAL
         if sync:
             return ContinuationRequest(tag or "", self._frame_cmd or "", size)
+        return None
+
+    def _literal_refusal(self, size: int, is_message: bool) -> str | None:
+        """Why the literal just announced is refused (None: it is accepted)."""
+        if not is_message:
+            if size > self.max_literal:
+                return f"literal of {size} octets exceeds the limit of {self.max_literal}"
+            if self._frame_size + size > self.max_command:
+                return f"command exceeds the limit of {self.max_command} octets"
+            return None
+        if size > self.max_append:
+            return f"message of {size} octets exceeds the limit of {self.max_append}"
+        if self._frame_messages + 1 > self.max_append_messages:
+            return f"APPEND of more than {self.max_append_messages} messages"
+        total = self._frame_message_bytes + size
+        if total > self.max_multiappend:
+            return f"APPEND messages total {total} octets, over the limit of {self.max_multiappend}"
+        if self._frame_size > self.max_command:  # the lines between the messages
+            return f"command exceeds the limit of {self.max_command} octets"
         return None
 
     def _step_literal(self) -> Event | None:
@@ -933,14 +965,32 @@ def _status(r: _Reader, tag: str, uid: bool) -> c.Command:
 def _append(r: _Reader, tag: str, uid: bool) -> c.Command:
     r.sp("the mailbox name")
     mailbox = r.mailbox()
-    r.sp("the message")
+    messages: list[c.AppendMessage] = []
+    while True:
+        r.sp("the message")
+        messages.append(_append_message(r))
+        if r.at_end():
+            break
+    if len(messages) == 1:
+        m = messages[0]
+        return c.Append(tag, mailbox, m.flags, m.date, m.message, m.size, m.binary)
+    return c.MultiAppend(tag, mailbox, tuple(messages))
+
+
+def _append_message(r: _Reader) -> c.AppendMessage:
+    """`[flag-list SP] [date-time SP] literal` (or `UTF8 (literal8)`): one message of an APPEND;
+    RFC 3502 repeats it for each message of a MULTIAPPEND."""
     flags: tuple[str, ...] = ()
     date: dt.datetime | None = None
     if r.peek() == 0x28:
         flags = r.flag_list()
+        if r.peek() < 0:
+            raise r.fail("the message literal is missing after the flags")
         r.sp("the message")
     if r.peek() == 0x22:
         date = r.date_time()
+        if r.peek() < 0:
+            raise r.fail("the message literal is missing after the date")
         r.sp("the message")
     utf8 = r.peek_keyword() == "UTF8"
     if utf8:
@@ -961,9 +1011,7 @@ def _append(r: _Reader, tag: str, uid: bool) -> c.Command:
     message = r.literal(allow8=True)
     if utf8:
         r.expect(0x29, "to close the UTF8 message")
-    if not r.at_end():
-        raise r.fail("MULTIAPPEND is not supported: one message per APPEND")
-    return c.Append(tag, mailbox, flags, date, message, size, binary)
+    return c.AppendMessage(flags, date, message, size, binary)
 
 
 def _expunge(r: _Reader, tag: str, uid: bool) -> c.Command:

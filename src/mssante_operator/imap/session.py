@@ -84,6 +84,10 @@ class SessionConfig:
     allow_passwords: bool = True  # offer PLAIN/LOGIN after TLS (the backend applies per-mailbox policy)
     bearer_mechanisms: tuple[str, ...] = ("OAUTHBEARER", "XOAUTH2")
     append_limit: int = 64 * 1024 * 1024
+    # RFC 3502 MULTIAPPEND: the messages of one APPEND together (None: `append_limit`, so that one
+    # command buffers no more than a single APPEND may), and how many messages at most.
+    multiappend_limit: int | None = None
+    multiappend_max_messages: int = 1000
     max_bad_commands: int = 10
     max_auth_failures: int = 3  # per connection; the backend rate-limits across connections
     server_name: str = "mssante-operator"
@@ -179,7 +183,11 @@ class Session:
         self.backend = backend
         self.conn = conn
         self.config = config or SessionConfig()
-        self.parser = parser or CommandParser(max_append=self.config.append_limit)
+        self.parser = parser or CommandParser(
+            max_append=self.config.append_limit,
+            max_multiappend=self.config.multiappend_limit,
+            max_append_messages=self.config.multiappend_max_messages,
+        )
         self.state = State.NOT_AUTHENTICATED
         self.account: str | None = None
         self.condstore = False
@@ -255,10 +263,11 @@ class Session:
             caps.extend(f"AUTH={m}" for m in self.mechanisms())
             return caps
         caps += [
-            "IDLE", "UIDPLUS", "MOVE", "NAMESPACE", "UNSELECT", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS",
-            "SPECIAL-USE", "CREATE-SPECIAL-USE", "CONDSTORE", "QRESYNC", "ESEARCH", "SEARCHRES",
-            "STATUS=SIZE", "QUOTA", "QUOTA=RES-STORAGE", "BINARY", "UTF8=ACCEPT", "SORT", "SORT=DISPLAY",
-            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", f"APPENDLIMIT={self.config.append_limit}",
+            "IDLE", "UIDPLUS", "MULTIAPPEND", "MOVE", "NAMESPACE", "UNSELECT", "CHILDREN", "LIST-EXTENDED",
+            "LIST-STATUS", "SPECIAL-USE", "CREATE-SPECIAL-USE", "CONDSTORE", "QRESYNC", "ESEARCH",
+            "SEARCHRES", "STATUS=SIZE", "QUOTA", "QUOTA=RES-STORAGE", "BINARY", "UTF8=ACCEPT", "SORT",
+            "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",
+            f"APPENDLIMIT={self.config.append_limit}",
         ]  # fmt: skip
         return caps
 
@@ -304,6 +313,13 @@ class Session:
             for out in self._continuation(event):
                 yield out
             return
+        if isinstance(event, c.RefusedLiteral):
+            error = state_error("APPEND", self.state)
+            if error is not None:
+                yield r.tagged(event.tag or "*", "BAD", error)
+            else:
+                yield r.tagged(event.tag or "*", "NO", event.reason, event.code)
+            return
         if isinstance(event, c.Done):
             tag, self._idle_tag = self._idle_tag, None
             if self._selected is not None:
@@ -323,6 +339,8 @@ class Session:
                 self.parser.resume(discard=False)
             if isinstance(event, c.Append) and not isinstance(event.message, bytes):
                 event.message.discard()
+            if isinstance(event, c.MultiAppend):
+                event.discard()
             self._bad_count += 1
             yield r.tagged(event.tag, "BAD", error)
             if self._bad_count >= self.config.max_bad_commands:
@@ -680,6 +698,17 @@ class Session:
             for line in await self._updates(allow_expunge=True):
                 yield line
         yield r.tagged(cmd.tag, "OK", "APPEND completed", Code.appenduid(result.uidvalidity, [result.uid]))
+
+    async def _multiappend(self, cmd: c.MultiAppend) -> AsyncIterator[Output]:
+        try:
+            result = await self.backend.append_many(cmd.mailbox, cmd.messages)
+        except BaseException:
+            cmd.discard()
+            raise
+        if self._selected is not None:
+            for line in await self._updates(allow_expunge=True):
+                yield line
+        yield r.tagged(cmd.tag, "OK", "APPEND completed", Code.appenduid(result.uidvalidity, result.uids))
 
     async def _idle(self, cmd: c.Idle) -> AsyncIterator[Output]:
         self._idle_tag = cmd.tag
@@ -1331,6 +1360,7 @@ _DISPATCH: dict[type, Callable[[Session, Any], AsyncIterator[Output]]] = {
     c.Lsub: Session._lsub,
     c.Status: Session._status,
     c.Append: Session._append,
+    c.MultiAppend: Session._multiappend,
     c.Idle: Session._idle,
     c.GetQuota: Session._quota,
     c.GetQuotaRoot: Session._quota,

@@ -30,6 +30,7 @@ from mssante_operator.auth import AuthResult as AuthVerdict
 from mssante_operator.auth import Credentials as AuthCredentials
 from mssante_operator.imap import search as imap_search
 from mssante_operator.imap.backend import (
+    AppendMessage,
     AppendResult,
     AuthResult,
     Changes,
@@ -42,6 +43,7 @@ from mssante_operator.imap.backend import (
     FolderStatus,
     MailboxError,
     MessageData,
+    MultiAppendResult,
     Quota,
     SearchHits,
     SelectedFolder,
@@ -67,6 +69,7 @@ from mssante_operator.store.mailstore import (
     FolderExists,
     FolderNotAllowed,
     FolderNotFound,
+    ImportedMessage,
     MailboxClosed,
     MailboxNotFound,
     MailStore,
@@ -572,6 +575,36 @@ class StoreBackend:
             )
         copy = next(iter(stored.message_ids.values()))
         return AppendResult(folder.uidvalidity, copy.uid)
+
+    async def append_many(self, name: str, messages: Sequence[AppendMessage]) -> MultiAppendResult:
+        """RFC 3502 MULTIAPPEND through `MailStore.import_messages` (the batch path `mailbox import`
+        uses): one transaction, so every message or none; consecutive UIDs in command order; each
+        body encrypted once with its summary; one change event, so IDLE sessions see the EXISTS.
+        Refusals as for `append`: TRYCREATE, TOOBIG (per message), OVERQUOTA (for the sum)."""
+        raws: list[bytes] = []
+        for m in messages:
+            if not isinstance(m.message, bytes):  # the session hands literals over whole unless told
+                raise MailboxError("streamed APPEND is not supported by this store", "CANNOT")
+            raws.append(m.message)
+        address = self._address()
+        try:
+            folder = await self.store.get_folder(address, name)
+        except FolderNotFound:
+            raise MailboxError(f"no mailbox {name!r}", "TRYCREATE") from None
+        for n, raw in enumerate(raws, 1):
+            if self.append_limit is not None and len(raw) > self.append_limit:
+                raise MailboxError(f"message {n} larger than APPENDLIMIT {self.append_limit}", "TOOBIG")
+            if not raw:
+                raise MailboxError(f"message {n} is empty", "CANNOT")
+        await self._check_quota(sum(len(raw) for raw in raws))
+        now = dt.datetime.now(dt.UTC)
+        batch = [
+            ImportedMessage(raw, tuple(f for f in m.flags if f != "\\Recent"), m.date or now)
+            for m, raw in zip(messages, raws, strict=True)
+        ]
+        with _store_errors():
+            done = await self.store.import_messages(address, batch, folder=folder.name)
+        return MultiAppendResult(folder.uidvalidity, tuple(done.uids))
 
 
 def _claimed(credentials: Credentials) -> str | None:

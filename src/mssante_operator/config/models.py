@@ -143,6 +143,15 @@ class ImapSettings(Section):
     append_limit: int | None = Field(
         default=None, ge=1024, description="APPENDLIMIT in bytes; default: smtp_inbound.max_message_size"
     )
+    multiappend_limit: int | None = Field(
+        default=None,
+        ge=1024,
+        description="MULTIAPPEND (RFC 3502): bytes of all the messages of one APPEND, buffered until "
+        "the command ends; default: the APPENDLIMIT",
+    )
+    multiappend_max_messages: int = Field(
+        default=1000, ge=1, le=100_000, description="MULTIAPPEND: messages in one APPEND at most"
+    )
     change_poll_seconds: float = Field(
         default=0.5, ge=0, description="how often IDLE checks for other processes' changes (0: never)"
     )

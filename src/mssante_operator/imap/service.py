@@ -54,6 +54,8 @@ def session_config(settings: Settings, *, starttls: bool) -> SessionConfig:
         allow_passwords=bool(settings.policy.auth.password_allowed_types),
         bearer_mechanisms=bearer,
         append_limit=append_limit(settings),
+        multiappend_limit=settings.imap.multiappend_limit,
+        multiappend_max_messages=settings.imap.multiappend_max_messages,
         max_bad_commands=settings.imap.max_bad_commands,
         max_auth_failures=settings.imap.max_auth_failures,
         server_name=settings.instance.hostname,

@@ -6,7 +6,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import asyncpg
@@ -78,6 +78,14 @@ async def test_import_follows_delivery_uids_and_modseqs_and_round_trips(store: M
     # A delivery after the import continues the sequence.
     stored = await store.store_message(msg(9), local_recipients=[A])
     assert stored.message_ids[A].uid == 7
+
+
+async def test_import_keeps_the_instant_of_a_non_utc_internal_date(store: MailStore) -> None:
+    """SQLite's DATETIME drops the offset: 10:00 +0100 must come back as 09:00 UTC, not 10:00."""
+    paris = timezone(timedelta(hours=1))
+    await store.import_messages(A, [ImportedMessage(msg(1), (), datetime(2025, 1, 6, 10, 0, tzinfo=paris))])
+    (info,) = await store.list_messages((await store.get_folder(A, "INBOX")).id)
+    assert info.internal_date == datetime(2025, 1, 6, 9, 0, tzinfo=UTC)
 
 
 async def test_import_publishes_one_change_and_refuses_what_delivery_refuses(store: MailStore) -> None:

@@ -898,7 +898,9 @@ class MailStore:
             when = item.internal_date
             if when.tzinfo is None:
                 raise ValueError("internal_date must be timezone-aware")
-            prepared.append((item.raw, _normalize_flags(item.flags), when))
+            # In UTC: SQLite's DATETIME keeps the wall-clock time and drops the offset, so a
+            # "10:00 +0100" stored as is would read back as 10:00 UTC.
+            prepared.append((item.raw, _normalize_flags(item.flags), when.astimezone(UTC)))
         addr = normalize_address(address)
         async with self._write() as session:
             row = (

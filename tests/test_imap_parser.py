@@ -695,6 +695,212 @@ def test_large_append_streams_to_a_sink() -> None:
     assert not sinks[-1].discarded or len(sinks) == 3
 
 
+# ------------------------------------------------------------------------------- MULTIAPPEND (RFC 3502)
+
+
+def test_multiappend_parses_each_message_with_its_own_flags_and_date() -> None:
+    p = CommandParser()
+    p.feed(b'a APPEND Drafts (\\Seen) "06-Jan-2025 10:00:00 +0100" {3}\r\n')
+    assert p.next_event() == c.ContinuationRequest("a", "APPEND", 3)
+    p.feed(b"one {3}\r\n")
+    assert p.next_event() == c.ContinuationRequest("a", "APPEND", 3)
+    p.feed(b"two (\\Flagged $X) ~{3}\r\n")
+    assert p.next_event() == c.ContinuationRequest("a", "APPEND", 3)
+    p.feed(b't\0o " 7-Feb-2025 23:30:00 -0500" {5+}\r\nthree\r\nb NOOP\r\n')
+    event = p.next_event()
+    assert event == c.MultiAppend(
+        "a",
+        "Drafts",
+        (
+            c.AppendMessage(("\\Seen",), dt.datetime(2025, 1, 6, 10, tzinfo=TZ1), b"one", 3),
+            c.AppendMessage((), None, b"two", 3),
+            c.AppendMessage(("\\Flagged", "$X"), None, b"t\0o", 3, binary=True),
+            c.AppendMessage(
+                (), dt.datetime(2025, 2, 7, 23, 30, tzinfo=dt.timezone(-dt.timedelta(hours=5))), b"three", 5
+            ),
+        ),
+    )
+    assert isinstance(event, c.MultiAppend) and [m.message for m in event.messages] == [
+        b"one",
+        b"two",
+        b"t\0o",
+        b"three",
+    ]
+    assert event.size == 14
+    assert p.next_event() == c.Noop("b")
+
+
+def test_one_message_is_still_a_plain_append() -> None:
+    assert one(b"a APPEND INBOX (\\Seen) {2+}\r\nhi\r\n") == c.Append(
+        "a", "INBOX", ("\\Seen",), None, b"hi", 2
+    )
+
+
+def test_multiappend_with_a_literal_mailbox_and_utf8_messages() -> None:
+    p = CommandParser()
+    p.utf8 = True
+    p.feed(b"a APPEND {5+}\r\nINBOX UTF8 (~{2+}\r\nhi) (\\Seen) UTF8 (~{2+}\r\nho)\r\n")
+    event = p.next_event()
+    assert event == c.MultiAppend(
+        "a",
+        "INBOX",
+        (c.AppendMessage((), None, b"hi", 2, True), c.AppendMessage(("\\Seen",), None, b"ho", 2, True)),
+    )
+
+
+def test_multiappend_per_message_limit_is_a_no_toobig_and_the_stream_stays_in_step() -> None:
+    p = CommandParser(max_append=10, max_multiappend=100)
+    p.feed(b"a APPEND INBOX {3}\r\n")
+    assert isinstance(p.next_event(), c.ContinuationRequest)
+    p.feed(b"abc {11}\r\n")
+    assert p.next_event() == c.RefusedLiteral("a", "message of 11 octets exceeds the limit of 10", "TOOBIG")
+    assert not p.mid_command  # the client will not send it: the next line is a new command
+    p.feed(b"b NOOP\r\n")
+    assert p.next_event() == c.Noop("b")
+
+
+def test_multiappend_total_limit_counts_only_the_messages() -> None:
+    p = CommandParser(max_append=10, max_multiappend=25)
+    p.feed(b"a APPEND INBOX {10}\r\n")
+    assert isinstance(p.next_event(), c.ContinuationRequest)
+    p.feed(b"0123456789 {10}\r\n")
+    assert isinstance(p.next_event(), c.ContinuationRequest)
+    p.feed(b"0123456789 {6}\r\n")
+    assert p.next_event() == c.RefusedLiteral(
+        "a", "APPEND messages total 26 octets, over the limit of 25", "TOOBIG"
+    )
+    p.feed(b"b APPEND INBOX {10}\r\n")  # a new command starts from zero
+    assert p.next_event() == c.ContinuationRequest("b", "APPEND", 10)
+
+
+def test_multiappend_message_count_limit() -> None:
+    p = CommandParser(max_append_messages=2)
+    p.feed(b"a APPEND INBOX {1+}\r\nx {1+}\r\ny {1}\r\n")
+    event = p.next_event()
+    assert event == c.RefusedLiteral("a", "APPEND of more than 2 messages", "TOOBIG")
+    p.feed(b"b APPEND INBOX {1+}\r\nx {1+}\r\ny\r\n")
+    assert isinstance(p.next_event(), c.MultiAppend)
+
+
+def test_multiappend_lines_count_against_max_command() -> None:
+    flags = b"(" + b" ".join(b"$K%d" % i for i in range(20)) + b")"
+    p = CommandParser(max_command=300)
+    stream = b"a APPEND INBOX {1+}\r\nx" + (b" " + flags + b" {1+}\r\nx") * 5 + b"\r\n"
+    p.feed(stream)
+    event = p.next_event()
+    assert (
+        isinstance(event, c.BadCommand) and event.fatal and "command exceeds the limit of 300" in event.reason
+    )
+
+
+def test_multiappend_over_the_limit_without_sync_is_fatal_as_for_append() -> None:
+    p = CommandParser(max_append=10)
+    p.feed(b"a APPEND INBOX {3+}\r\nabc {11+}\r\n01234567890\r\n")
+    event = p.next_event()
+    assert isinstance(event, c.BadCommand) and event.fatal and event.code == "TOOBIG"
+    assert p.next_event() is PAUSED  # closed: nothing more is read
+
+
+def test_multiappend_discards_every_sink_when_the_command_fails() -> None:
+    sinks: list[ChunkSink] = []
+
+    def factory(size: int) -> ChunkSink:
+        sinks.append(ChunkSink(size))
+        return sinks[-1]
+
+    p = CommandParser(sink_factory=factory, sink_threshold=4)
+    p.feed(b"a APPEND INBOX {5+}\r\n01234 {5+}\r\n56789 junk\r\n")
+    assert isinstance(p.next_event(), c.BadCommand)
+    assert len(sinks) == 2 and all(s.discarded for s in sinks)
+    p.feed(b"b APPEND INBOX {5+}\r\n01234 {5}\r\n")
+    assert isinstance(p.next_event(), c.ContinuationRequest)
+    p.reject_literal()
+    # The message already received and the one announced then refused: both dropped.
+    assert len(sinks) == 4 and all(s.discarded for s in sinks)
+
+
+def test_multiappend_huge_or_absurd_sizes() -> None:
+    p = CommandParser(max_append=100)
+    p.feed(b"a APPEND INBOX {1+}\r\nx {99999999999999999999999999}\r\n")
+    event = p.next_event()
+    assert isinstance(event, c.RefusedLiteral) and event.code == "TOOBIG"
+    p.feed(b"b NOOP\r\n")
+    assert p.next_event() == c.Noop("b")
+
+
+def _multiappend_wire(messages: list[tuple[tuple[str, ...], bool, bytes]], plus: bool) -> bytes:
+    out = b"t1 APPEND INBOX"
+    for flags, dated, raw in messages:
+        if flags:
+            out += b" (" + " ".join(flags).encode() + b")"
+        if dated:
+            out += b' "06-Jan-2025 10:00:00 +0100"'
+        out += b" {%d%s}\r\n" % (len(raw), b"+" if plus else b"") + raw
+    return out + b"\r\n"
+
+
+_append_messages = st.lists(
+    st.tuples(
+        st.lists(st.sampled_from(["\\Seen", "\\Flagged", "\\Draft", "$Label", "Junk"]), unique=True).map(
+            tuple
+        ),
+        st.booleans(),
+        st.binary(max_size=40),
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+def _events_with_continuations(pieces: list[bytes]) -> list[Event]:
+    p = CommandParser(max_line=200, max_literal=100, max_append=100)
+    events: list[Event] = []
+    for piece in pieces:
+        p.feed(piece)
+        events.extend(p.events())
+    return events
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(_append_messages, st.booleans(), st.data())
+def test_multiappend_any_split_gives_the_same_command(
+    messages: list[tuple[tuple[str, ...], bool, bytes]], plus: bool, data: st.DataObject
+) -> None:
+    stream = _multiappend_wire(messages, plus) + b"t2 NOOP\r\n"
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    events = _events_with_continuations(pieces)
+    assert events == _events_with_continuations([bytes([b]) for b in stream])
+    requests = [e for e in events if isinstance(e, c.ContinuationRequest)]
+    commands = [e for e in events if not isinstance(e, c.ContinuationRequest)]
+    assert len(requests) == (0 if plus else len(messages))  # one `+` per synchronising literal
+    assert commands[-1] == c.Noop("t2") and len(commands) == 2
+    date = dt.datetime(2025, 1, 6, 10, tzinfo=TZ1)
+    expected = [c.AppendMessage(f, date if d else None, raw, len(raw)) for f, d, raw in messages]
+    if len(messages) == 1:
+        m = expected[0]
+        assert commands[0] == c.Append("t1", "INBOX", m.flags, m.date, m.message, m.size)
+    else:
+        assert commands[0] == c.MultiAppend("t1", "INBOX", tuple(expected))
+        assert isinstance(commands[0], c.MultiAppend)
+        assert [m.message for m in commands[0].messages] == [raw for _, _, raw in messages]
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+@given(_append_messages, st.integers(0, 4), st.data())
+def test_multiappend_truncated_after_a_message_never_yields_a_command(
+    messages: list[tuple[tuple[str, ...], bool, bytes]], drop: int, data: st.DataObject
+) -> None:
+    """A client that stops mid-command (the connection drops) leaves no command behind."""
+    stream = _multiappend_wire(messages, True)
+    cut = data.draw(st.integers(0, len(stream) - 1))
+    p = CommandParser(max_append=100)
+    p.feed(stream[:cut])
+    events = list(p.events())
+    assert not any(isinstance(e, c.Append | c.MultiAppend) for e in events)
+    assert p.mid_command or cut == 0
+
+
 def test_events_helper_stops_at_need_data() -> None:
     p = CommandParser()
     p.feed(b"a NOOP\r\nb NO")
@@ -744,7 +950,7 @@ def test_any_chunking_gives_the_same_events(lines: list[bytes], data: st.DataObj
     assert _feed_all(pieces) == whole
 
 
-ALLOWED_EVENTS = (c.Command, c.BadCommand, c.ContinuationRequest)
+ALLOWED_EVENTS = (c.Command, c.BadCommand, c.ContinuationRequest, c.RefusedLiteral)
 
 
 @settings(max_examples=300)

@@ -94,7 +94,7 @@ async def test_capabilities_per_state(store: MemoryStore) -> None:
 
     await tls.login()
     authed = caps(await tls("c CAPABILITY"))
-    for cap in ("IDLE", "UIDPLUS", "MOVE", "NAMESPACE", "UNSELECT", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS",
+    for cap in ("IDLE", "UIDPLUS", "MULTIAPPEND", "MOVE", "NAMESPACE", "UNSELECT", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS",
                 "SPECIAL-USE", "CONDSTORE", "QRESYNC", "ESEARCH", "STATUS=SIZE", "QUOTA", "ENABLE", "ID",
                 "APPENDLIMIT=67108864"):  # fmt: skip
         assert cap in authed
@@ -591,6 +591,37 @@ async def test_append(store: MemoryStore) -> None:
     out = await c.send(b'b APPEND Drafts "06-Jan-2025 11:00:00 +0100" {3+}\r\nabc\r\n')
     assert out == "b OK [APPENDUID 1003 1] APPEND completed\r\n"
     assert (await c.send(b"c APPEND Nope {3+}\r\nabc\r\n")) == "c NO [TRYCREATE] no mailbox 'Nope'\r\n"
+
+
+async def test_multiappend(store: MemoryStore) -> None:
+    c = await selected(store)
+    assert (await c.send(b"a APPEND INBOX (\\Seen) {3}\r\n")) == "+ Ready for literal data\r\n"
+    assert (await c.send(b'one "06-Jan-2025 11:00:00 +0100" {3}\r\n')) == "+ Ready for literal data\r\n"
+    out = await c.send(b"two (\\Flagged) {5+}\r\nthree\r\n")
+    assert out == "* 8 EXISTS\r\na OK [APPENDUID 1001 6:8] APPEND completed\r\n"
+    inbox = store.accounts["jean.dupont@hopital-a.mssante.fr"].folders["INBOX"]
+    assert [(m.raw, sorted(m.flags)) for m in list(inbox.messages.values())[-3:]] == [
+        (b"one", ["\\Seen"]),
+        (b"two", []),
+        (b"three", ["\\Flagged"]),
+    ]
+    out = await c.send(b"b APPEND Nope {1+}\r\nx {1+}\r\ny\r\n")
+    assert out == "b NO [TRYCREATE] no mailbox 'Nope'\r\n"
+
+
+async def test_multiappend_refusals_keep_the_session_in_step(store: MemoryStore) -> None:
+    c = Client(store, TLS, SessionConfig(append_limit=100, multiappend_limit=150))
+    assert (
+        await c("a APPEND INBOX {200}")
+    ) == "a BAD APPEND needs authentication first (LOGIN or AUTHENTICATE)\r\n"
+    out = await c.send(b"b APPEND INBOX {1+}\r\nx {1+}\r\ny\r\n")
+    assert out == "b BAD APPEND needs authentication first (LOGIN or AUTHENTICATE)\r\n"
+    await c.login()
+    assert (await c("c APPEND INBOX {100}")) == "+ Ready for literal data\r\n"
+    out = await c.send(b"x" * 100 + b" {51}\r\n")
+    assert out == "c NO [TOOBIG] APPEND messages total 151 octets, over the limit of 150\r\n"
+    assert (await c("d NOOP")) == "d OK NOOP completed\r\n"
+    assert c.session._bad_count == 0  # a refusal is not an invalid command
 
 
 async def test_search(store: MemoryStore) -> None:

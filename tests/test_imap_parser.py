@@ -773,6 +773,16 @@ def test_multiappend_total_limit_counts_only_the_messages() -> None:
     assert p.next_event() == c.ContinuationRequest("b", "APPEND", 10)
 
 
+def test_a_single_append_is_bounded_by_max_append_only() -> None:
+    p = CommandParser(max_append=100, max_multiappend=50)
+    p.feed(b"a APPEND INBOX {80}\r\n")
+    assert p.next_event() == c.ContinuationRequest("a", "APPEND", 80)
+    p.feed(b"x" * 80 + b" {1}\r\n")  # a second message: now the total counts
+    assert p.next_event() == c.RefusedLiteral(
+        "a", "APPEND messages total 81 octets, over the limit of 50", "TOOBIG"
+    )
+
+
 def test_multiappend_message_count_limit() -> None:
     p = CommandParser(max_append_messages=2)
     p.feed(b"a APPEND INBOX {1+}\r\nx {1+}\r\ny {1}\r\n")

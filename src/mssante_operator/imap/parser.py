@@ -139,8 +139,8 @@ class CommandParser:
         self.max_literal = max_literal
         self.max_append = max_append
         self.max_command = max_command
-        #: Octets of all the messages of one APPEND (None: `max_append`, so that a MULTIAPPEND
-        #: buffers no more than one APPEND may).
+        #: Octets of all the messages of one APPEND with several (None: `max_append`, so that a
+        #: MULTIAPPEND buffers no more than one APPEND may); a single message only has `max_append`.
         self.max_multiappend = max_append if max_multiappend is None else max_multiappend
         self.max_append_messages = max_append_messages
         self.max_depth = max_depth
@@ -346,7 +346,7 @@ class CommandParser:
         if self._frame_messages + 1 > self.max_append_messages:
             return f"APPEND of more than {self.max_append_messages} messages"
         total = self._frame_message_bytes + size
-        if total > self.max_multiappend:
+        if self._frame_messages and total > self.max_multiappend:  # a lone message: max_append only
             return f"APPEND messages total {total} octets, over the limit of {self.max_multiappend}"
         if self._frame_size > self.max_command:  # the lines between the messages
             return f"command exceeds the limit of {self.max_command} octets"

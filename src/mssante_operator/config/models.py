@@ -146,8 +146,8 @@ class ImapSettings(Section):
     multiappend_limit: int | None = Field(
         default=None,
         ge=1024,
-        description="MULTIAPPEND (RFC 3502): bytes of all the messages of one APPEND, buffered until "
-        "the command ends; default: the APPENDLIMIT",
+        description="MULTIAPPEND (RFC 3502): bytes of all the messages of one APPEND with several, "
+        "buffered until the command ends; default: the APPENDLIMIT",
     )
     multiappend_max_messages: int = Field(
         default=1000, ge=1, le=100_000, description="MULTIAPPEND: messages in one APPEND at most"

@@ -87,6 +87,51 @@ _BODIES = cast(Table, MessageBody.__table__)
 _SUMMARIES = cast(Table, MessageSummary.__table__)
 _EXPUNGED = cast(Table, ExpungedMessage.__table__)
 _QUEUE = cast(Table, QueueEntry.__table__)
+
+# The statements of the group-committed IMAP writes, built once: building a statement and its
+# cache key costs more than SQLite running it, and these run on the event loop.
+_F, _M = _FOLDERS.c, _MESSAGES.c
+_LOCK_FOLDER = select(_F.mailbox_id).where(_F.id == bindparam("f_id")).with_for_update()
+_NEXT_MODSEQ = (
+    update(_FOLDERS)
+    .where(_F.id == bindparam("f_id"))
+    .values(highestmodseq=_F.highestmodseq + 1)
+    .returning(_F.highestmodseq)
+)
+_NEXT_UIDS = (
+    update(_FOLDERS)
+    .where(_F.id == bindparam("f_id"))
+    .values(uidnext=_F.uidnext + bindparam("n_uids"), highestmodseq=_F.highestmodseq + bindparam("n_modseqs"))
+    .returning(_F.uidnext, _F.highestmodseq)
+)
+_FLAG_ROWS = (
+    select(_M.id, _M.uid, _M.flags, _M.internal_date, _M.size, _M.modseq)
+    .where(_M.folder_id == bindparam("f_id"), _M.uid.in_(bindparam("uids", expanding=True)))
+    .order_by(_M.uid)
+)
+_SET_FLAGS = (
+    update(_MESSAGES)
+    .where(_M.id.in_(bindparam("ids", expanding=True)))
+    .values(flags=bindparam("new_flags"), modseq=bindparam("new_modseq"))
+)
+_DELETED_ROWS = select(_M.id, _M.uid, _M.body_id, _M.flags).where(
+    _M.folder_id == bindparam("f_id"), _M.flags.contains("\\Deleted", autoescape=True)
+)
+_DELETED_ROWS_IN = _DELETED_ROWS.where(_M.uid.in_(bindparam("uids", expanding=True)))
+_DELETE_MESSAGES = delete(_MESSAGES).where(_M.id.in_(bindparam("ids", expanding=True)))
+_ADD_TOMBSTONES = insert(_EXPUNGED)
+_RECIPIENTS = select(
+    _MAILBOXES.c.address, _MAILBOXES.c.id, _MAILBOXES.c.wrapped_data_key, _MAILBOXES.c.status
+).where(_MAILBOXES.c.address.in_(bindparam("addresses", expanding=True)))
+_FOLDERS_NAMED = select(_F.mailbox_id, _F.id).where(
+    _F.mailbox_id.in_(bindparam("mailbox_ids", expanding=True)), _F.name == bindparam("f_name")
+)
+_NEW_BODY = insert(_BODIES).returning(_BODIES.c.id)
+_BODY_CIPHERTEXT = (
+    update(_BODIES).where(_BODIES.c.id == bindparam("b_id")).values(ciphertext=bindparam("b_ct"))
+)
+_NEW_SUMMARY = insert(_SUMMARIES)
+_NEW_MESSAGE = insert(_MESSAGES).returning(_M.id)
 _MAILBOX_STATUS = select(Mailbox.__table__.c.status).where(
     Mailbox.__table__.c.address == bindparam("address")
 )
@@ -924,12 +969,9 @@ class MailStore:
         """`store_message` for local recipients only, as a group-committed operation: the same
         refusals, one body (with its IMAP summary), one message per recipient with the next UID
         and modseq of its folder."""
-        mb = _MAILBOXES.c
         mailboxes = {
             str(a): (int(i), bytes(k), MailboxStatus(st))
-            for a, i, k, st in conn.execute(
-                select(mb.address, mb.id, mb.wrapped_data_key, mb.status).where(mb.address.in_(recipients))
-            ).all()
+            for a, i, k, st in conn.execute(_RECIPIENTS, {"addresses": list(recipients)}).all()
         }
         missing = [a for a in recipients if a not in mailboxes]
         if missing:
@@ -940,59 +982,47 @@ class MailStore:
         folder_of = {
             int(mid): int(fid)
             for mid, fid in conn.execute(
-                select(_FOLDERS.c.mailbox_id, _FOLDERS.c.id).where(
-                    _FOLDERS.c.mailbox_id.in_([m[0] for m in mailboxes.values()]), _FOLDERS.c.name == folder
-                )
+                _FOLDERS_NAMED, {"mailbox_ids": [m[0] for m in mailboxes.values()], "f_name": folder}
             ).all()
         }
         no_folder = [a for a in recipients if mailboxes[a][0] not in folder_of]
         if no_folder:
             raise FolderNotFound(f"folder {folder!r} does not exist in: {', '.join(no_folder)}")
+        now = datetime.now(UTC)
         body_id = int(
             conn.execute(
-                insert(_BODIES)
-                .values(size=len(raw), backend=self._bodies.name, created_at=datetime.now(UTC))
-                .returning(_BODIES.c.id)
+                _NEW_BODY, {"size": len(raw), "backend": self._bodies.name, "created_at": now}
             ).scalar_one()
         )
         conn.execute(
-            update(_BODIES)
-            .where(_BODIES.c.id == body_id)
-            .values(ciphertext=encrypt_body(content_key, raw, body_aad(body_id)))
+            _BODY_CIPHERTEXT, {"b_id": body_id, "b_ct": encrypt_body(content_key, raw, body_aad(body_id))}
         )
         # IMAP's ENVELOPE/BODYSTRUCTURE/header SEARCH read this instead of the body.
         if summary is not None:
-            conn.execute(insert(_SUMMARIES).values(**encrypted_summary_row(body_id, content_key, summary)))
+            conn.execute(_NEW_SUMMARY, encrypted_summary_row(body_id, content_key, summary))
         copies: dict[str, LocalCopy] = {}
         changes: list[MailboxChange] = []
-        now = datetime.now(UTC)
         # Allocate UIDs in folder-id order so concurrent multi-recipient deliveries take the row
         # locks in the same order and cannot deadlock.
         for address in sorted(recipients, key=lambda a: folder_of[mailboxes[a][0]]):
             mailbox_id, wrapped_data_key, _ = mailboxes[address]
             folder_id = folder_of[mailbox_id]
-            uidnext, modseq = conn.execute(
-                update(_FOLDERS)
-                .where(_FOLDERS.c.id == folder_id)
-                .values(uidnext=_FOLDERS.c.uidnext + 1, highestmodseq=_FOLDERS.c.highestmodseq + 1)
-                .returning(_FOLDERS.c.uidnext, _FOLDERS.c.highestmodseq)
-            ).one()
+            uidnext, modseq = conn.execute(_NEXT_UIDS, {"f_id": folder_id, "n_uids": 1, "n_modseqs": 1}).one()
             uid = int(uidnext) - 1
             message_id = conn.execute(
-                insert(_MESSAGES)
-                .values(
-                    folder_id=folder_id,
-                    mailbox_id=mailbox_id,
-                    uid=uid,
-                    body_id=body_id,
-                    wrapped_body_key=wrap_key(self._master.unwrap(wrapped_data_key), content_key),
-                    flags=flag_text,
-                    internal_date=when,
-                    size=len(raw),
-                    modseq=int(modseq),
-                    created_at=now,
-                )
-                .returning(_MESSAGES.c.id)
+                _NEW_MESSAGE,
+                {
+                    "folder_id": folder_id,
+                    "mailbox_id": mailbox_id,
+                    "uid": uid,
+                    "body_id": body_id,
+                    "wrapped_body_key": wrap_key(self._master.unwrap(wrapped_data_key), content_key),
+                    "flags": flag_text,
+                    "internal_date": when,
+                    "size": len(raw),
+                    "modseq": int(modseq),
+                    "created_at": now,
+                },
             ).scalar_one()
             copies[address] = LocalCopy(folder_id=folder_id, uid=uid, message_id=int(message_id))
             changes.append(MailboxChange(mailbox_id, folder_id, ChangeKind.NEW, (uid,)))
@@ -1567,7 +1597,7 @@ class MailStore:
         if uids:
             now = datetime.now(UTC)
             conn.execute(
-                insert(_EXPUNGED),
+                _ADD_TOMBSTONES,
                 [{"folder_id": folder_id, "uid": uid, "modseq": modseq, "expunged_at": now} for uid in uids],
             )
             self._prune_tombstones(conn, folder_id)
@@ -1833,23 +1863,14 @@ class MailStore:
     def _lock_folder(conn: Connection, folder_id: int) -> int:
         """Lock a folder row (FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises
         writers) and return its mailbox id."""
-        mailbox_id = conn.scalar(
-            select(_FOLDERS.c.mailbox_id).where(_FOLDERS.c.id == folder_id).with_for_update()
-        )
+        mailbox_id = conn.scalar(_LOCK_FOLDER, {"f_id": folder_id})
         if mailbox_id is None:
             raise FolderNotFound(f"folder {folder_id} does not exist")
         return int(mailbox_id)
 
     @staticmethod
     def _next_modseq(conn: Connection, folder_id: int) -> int:
-        return int(
-            conn.execute(
-                update(_FOLDERS)
-                .where(_FOLDERS.c.id == folder_id)
-                .values(highestmodseq=_FOLDERS.c.highestmodseq + 1)
-                .returning(_FOLDERS.c.highestmodseq)
-            ).scalar_one()
-        )
+        return int(conn.execute(_NEXT_MODSEQ, {"f_id": folder_id}).scalar_one())
 
     def _release_bodies_sync(self, conn: Connection, body_ids: set[int]) -> int:
         """Delete the given bodies if nothing refers to them any more (same transaction). Bodies
@@ -1903,16 +1924,21 @@ class MailStore:
         changed: list[MessageInfo] = []
         unchanged: list[MessageInfo] = []
         modified: list[int] = []
-        uid_condition, keep = _uid_in(uids)
         mailbox_id = self._lock_folder(conn, folder_id)
-        m = _MESSAGES.c
-        rows = conn.execute(
-            select(m.id, m.uid, m.flags, m.internal_date, m.size, m.modseq)
-            .where(m.folder_id == folder_id, uid_condition)
-            .order_by(m.uid)
-        ).all()
-        if keep is not None:
-            rows = [r for r in rows if r[1] in keep]
+        if len(uids) <= _IN_LIMIT:
+            rows = conn.execute(_FLAG_ROWS, {"f_id": folder_id, "uids": list(uids)}).all()
+        else:
+            uid_condition, keep = _uid_in(uids)
+            m = _MESSAGES.c
+            rows = [
+                r
+                for r in conn.execute(
+                    select(m.id, m.uid, m.flags, m.internal_date, m.size, m.modseq)
+                    .where(m.folder_id == folder_id, uid_condition)
+                    .order_by(m.uid)
+                ).all()
+                if keep is None or r[1] in keep
+            ]
         pending: list[tuple[int, int, str, datetime, int]] = []
         for mid, uid, current_text, when, size, modseq in rows:
             current = list(_flag_tuple(current_text))
@@ -1939,9 +1965,7 @@ class MailStore:
                 changed.append(MessageInfo(mid, uid, _flag_tuple(new_text), when, size, new_modseq))
             for new_text, ids in by_text.items():
                 for chunk in _chunks(ids):
-                    conn.execute(
-                        update(_MESSAGES).where(m.id.in_(chunk)).values(flags=new_text, modseq=new_modseq)
-                    )
+                    conn.execute(_SET_FLAGS, {"ids": chunk, "new_flags": new_text, "new_modseq": new_modseq})
         changes = (
             [MailboxChange(mailbox_id, folder_id, ChangeKind.FLAGS, tuple(c.uid for c in changed))]
             if changed
@@ -1963,23 +1987,19 @@ class MailStore:
         self, conn: Connection, folder_id: int, uids: Sequence[int] | None
     ) -> tuple[list[int], list[MailboxChange]]:
         mailbox_id = self._lock_folder(conn, folder_id)
-        m = _MESSAGES.c
-        query = select(m.id, m.uid, m.body_id, m.flags).where(
-            m.folder_id == folder_id, m.flags.contains("\\Deleted", autoescape=True)
-        )
         keep: set[int] | None = None
-        if uids is not None:
+        if uids is None:
+            found = conn.execute(_DELETED_ROWS, {"f_id": folder_id}).all()
+        elif len(uids) <= _IN_LIMIT:
+            found = conn.execute(_DELETED_ROWS_IN, {"f_id": folder_id, "uids": list(uids)}).all()
+        else:
             condition, keep = _uid_in(uids)
-            query = query.where(condition)
-        rows = [
-            r
-            for r in conn.execute(query).all()
-            if "\\Deleted" in _flag_tuple(r[3]) and (keep is None or r[1] in keep)
-        ]
+            found = conn.execute(_DELETED_ROWS.where(condition), {"f_id": folder_id}).all()
+        rows = [r for r in found if "\\Deleted" in _flag_tuple(r[3]) and (keep is None or r[1] in keep)]
         if not rows:
             return [], []
         for chunk in _chunks([int(r[0]) for r in rows]):
-            conn.execute(delete(_MESSAGES).where(m.id.in_(chunk)))
+            conn.execute(_DELETE_MESSAGES, {"ids": chunk})
         modseq = self._next_modseq(conn, folder_id)
         self._tombstones_sync(conn, folder_id, [int(r[1]) for r in rows], modseq)
         self._release_bodies_sync(conn, {int(r[2]) for r in rows})

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 
 from sqlalchemy import (
     Connection,
+    Integer,
     Table,
     and_,
     bindparam,
@@ -132,6 +133,24 @@ _BODY_CIPHERTEXT = (
 )
 _NEW_SUMMARY = insert(_SUMMARIES)
 _NEW_MESSAGE = insert(_MESSAGES).returning(_M.id)
+_E = _EXPUNGED.c
+_AGED_TOMBSTONES = select(func.max(_E.modseq)).where(
+    _E.folder_id == bindparam("f_id"), _E.expunged_at < bindparam("cutoff_time")
+)
+_COUNT_TOMBSTONES = select(func.count()).select_from(_EXPUNGED).where(_E.folder_id == bindparam("f_id"))
+_NTH_TOMBSTONE = (
+    select(_E.modseq)
+    .where(_E.folder_id == bindparam("f_id"))
+    .order_by(_E.modseq)
+    .offset(bindparam("skip", type_=Integer))
+    .limit(1)
+)
+_ORPHAN_BODIES = select(_BODIES.c.id).where(
+    _BODIES.c.id.in_(bindparam("ids", expanding=True)),
+    ~exists().where(_M.body_id == _BODIES.c.id),
+    ~exists().where(_QUEUE.c.body_id == _BODIES.c.id),
+)
+_DELETE_BODIES = delete(_BODIES).where(_BODIES.c.id.in_(bindparam("ids", expanding=True)))
 _MAILBOX_STATUS = select(Mailbox.__table__.c.status).where(
     Mailbox.__table__.c.address == bindparam("address")
 )
@@ -1610,22 +1629,14 @@ class MailStore:
         cutoff = 0
         if policy.max_age is not None:
             aged = conn.scalar(
-                select(func.max(_EXPUNGED.c.modseq)).where(
-                    in_folder, _EXPUNGED.c.expunged_at < datetime.now(UTC) - policy.max_age
-                )
+                _AGED_TOMBSTONES, {"f_id": folder_id, "cutoff_time": datetime.now(UTC) - policy.max_age}
             )
             cutoff = int(aged or 0)
         if policy.max_per_folder is not None:
-            count = int(conn.scalar(select(func.count()).select_from(_EXPUNGED).where(in_folder)) or 0)
+            count = int(conn.scalar(_COUNT_TOMBSTONES, {"f_id": folder_id}) or 0)
             excess = count - policy.max_per_folder
             if excess > 0:
-                nth = conn.scalar(
-                    select(_EXPUNGED.c.modseq)
-                    .where(in_folder)
-                    .order_by(_EXPUNGED.c.modseq)
-                    .offset(excess - 1)
-                    .limit(1)
-                )
+                nth = conn.scalar(_NTH_TOMBSTONE, {"f_id": folder_id, "skip": excess - 1})
                 cutoff = max(cutoff, int(nth or 0))
         if cutoff:
             conn.execute(delete(_EXPUNGED).where(in_folder, _EXPUNGED.c.modseq <= cutoff))
@@ -1879,18 +1890,9 @@ class MailStore:
             return 0
         orphans: list[int] = []
         for chunk in _chunks(sorted(body_ids)):
-            orphans.extend(
-                int(i)
-                for i in conn.scalars(
-                    select(_BODIES.c.id).where(
-                        _BODIES.c.id.in_(chunk),
-                        ~exists().where(_MESSAGES.c.body_id == _BODIES.c.id),
-                        ~exists().where(_QUEUE.c.body_id == _BODIES.c.id),
-                    )
-                )
-            )
+            orphans.extend(int(i) for i in conn.scalars(_ORPHAN_BODIES, {"ids": chunk}))
         for chunk in _chunks(orphans):
-            conn.execute(delete(_BODIES).where(_BODIES.c.id.in_(chunk)))
+            conn.execute(_DELETE_BODIES, {"ids": chunk})
         return len(orphans)
 
     async def update_flags(

@@ -24,6 +24,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import sqlite3
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -31,7 +32,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Connection, Engine, Table, event, select
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mssante_operator.ops.logging import get_logger
 from mssante_operator.store.engine import sqlite_pragmas
@@ -42,6 +43,30 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 30_000
+
+_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def write_lock(engine: AsyncEngine) -> asyncio.Lock:
+    """The lock this process's SQLite writers on `engine` queue on (FIFO, no busy polling): the
+    MailStore's ORM transactions, its IMAP group commit, the delivery writer and the audit log."""
+    lock = _WRITE_LOCKS.get(engine.sync_engine)
+    if lock is None:
+        lock = _WRITE_LOCKS[engine.sync_engine] = asyncio.Lock()
+    return lock
+
+
+def sync_writable_engine(sessions: async_sessionmaker[AsyncSession]) -> AsyncEngine | None:
+    """The engine `sessions` is bound to, if `SyncTransactions` can write to it: not an in-memory
+    SQLite database, which another connection would not see."""
+    bind = sessions.kw.get("bind")
+    if not isinstance(bind, AsyncEngine):
+        return None
+    if bind.dialect.name == "sqlite" and (
+        bind.url.database in (None, "", ":memory:") or "mode=memory" in str(bind.url)
+    ):
+        return None
+    return bind
 
 
 class SyncTransactions:
@@ -103,7 +128,7 @@ class SyncTransactions:
                     raise sa_exc.OperationalError("BEGIN IMMEDIATE", None, exc) from exc
             try:
                 result = fn(conn)
-                await loop.run_in_executor(self._thread, dbapi.commit)
+                await loop.run_in_executor(self._thread, _commit, conn, dbapi)
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     dbapi.rollback()
@@ -113,6 +138,15 @@ class SyncTransactions:
                 with contextlib.suppress(Exception):
                     conn.rollback()
             return result
+
+
+def _commit(conn: Connection, dbapi: Any) -> None:
+    """COMMIT (in the writer thread): through SQLAlchemy when it saw the transaction, so that its
+    `commit` event fires as for any other commit, else on the driver."""
+    if conn.in_transaction():
+        conn.commit()
+    else:
+        dbapi.commit()
 
 
 def sqlite_sync_engine(engine: AsyncEngine) -> Engine:

@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from mssante_operator.addresses import normalize_address, normalize_domain
 from mssante_operator.config.models import MailboxType, StoreSettings
 from mssante_operator.ops.logging import get_logger
-from mssante_operator.store.batching import Operation, WriteBatcher
+from mssante_operator.store.batching import Operation, WriteBatcher, sync_writable_engine, write_lock
 from mssante_operator.store.bodies import BodyStorage, DatabaseBodyStorage, body_aad
 from mssante_operator.store.crypto import (
     KeyUnwrapError,
@@ -470,7 +470,8 @@ class MailStore:
         self.changes = changes if changes is not None else ChangeHub()
         # SQLite has one writer at a time. Queueing this process's writers here is fair (FIFO);
         # leaving them to SQLite's busy handler makes unlucky ones poll for seconds.
-        self._sqlite_writer = asyncio.Lock()
+        bind = sessions.kw.get("bind")
+        self._sqlite_writer = write_lock(bind) if isinstance(bind, AsyncEngine) else asyncio.Lock()
         # IMAP writes (STORE, EXPUNGE, COPY/MOVE, APPEND) are group-committed (`_batcher`).
         self._batch_writer: WriteBatcher | None = None
         self._batching = True
@@ -1828,14 +1829,9 @@ class MailStore:
         """The group commit of IMAP writes; None when this store cannot use it (no engine bound
         to the session factory, an in-memory SQLite database, bodies stored outside the database)."""
         if self._batch_writer is None and self._batching:
-            bind = self._sessions.kw.get("bind")
-            if not isinstance(bind, AsyncEngine) or not isinstance(self._bodies, DatabaseBodyStorage):
+            bind = sync_writable_engine(self._sessions)
+            if bind is None or not isinstance(self._bodies, DatabaseBodyStorage):
                 self._batching = False
-                return None
-            if bind.dialect.name == "sqlite" and (
-                bind.url.database in (None, "", ":memory:") or "mode=memory" in str(bind.url)
-            ):
-                self._batching = False  # another connection would not see the same database
                 return None
             self._batch_writer = WriteBatcher(
                 bind, self.changes, folders_table=_FOLDERS, lock=self._sqlite_writer

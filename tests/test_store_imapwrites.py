@@ -202,3 +202,30 @@ async def test_sqlite_waits_for_another_process_lock_off_the_event_loop(
         assert update.changed[0].flags == ("\\Flagged",)
     finally:
         other.close()
+
+
+async def test_without_the_group_commit_the_same_operations_run_alone(store: MailStore) -> None:
+    """A store that cannot use the group commit (bound to no engine, an in-memory SQLite database)
+    runs each operation in its own ORM transaction: same results, same events."""
+    store._batching = False  # what `_batcher` decides for such a store
+    inbox = await _fill(store, 3)
+    archive = (await store.get_folder(A, "Archive")).id
+    events: list[MailboxChange] = []
+    store.changes.add_listener(events.append)
+    update = await store.update_flags(inbox, [1, 2], ["\\Deleted"], FlagMode.ADD)
+    assert [m.uid for m in update.changed] == [1, 2]
+    assert await store.expunge(inbox, [1]) == [1]
+    assert await store.move_messages(inbox, [2], archive) == [(2, 1)]
+    stored = await store.store_message(raw(7), local_recipients=[A])
+    assert next(iter(stored.message_ids.values())).uid == 4
+    with pytest.raises(FolderNotFound):
+        await store.expunge(archive + 1000)
+    assert store.write_batcher is None
+    assert [e.kind for e in events] == [
+        ChangeKind.FLAGS,
+        ChangeKind.EXPUNGE,
+        ChangeKind.NEW,
+        ChangeKind.EXPUNGE,
+        ChangeKind.NEW,
+    ]
+    assert (await store.changes_since(inbox, 0)).expunged == [1, 2]

@@ -12,7 +12,9 @@ import sqlite3
 import time
 
 import pytest
+from sqlalchemy import Connection, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mssante_operator.config import MailboxType
@@ -27,6 +29,7 @@ from mssante_operator.store.mailstore import (
     MailStore,
     StoredMessage,
 )
+from mssante_operator.store.models import Message
 from mssante_operator.store.notify import ChangeKind, MailboxChange
 
 A = "a@hopital.test"
@@ -229,3 +232,30 @@ async def test_without_the_group_commit_the_same_operations_run_alone(store: Mai
         ChangeKind.NEW,
     ]
     assert (await store.changes_since(inbox, 0)).expunged == [1, 2]
+
+
+async def test_a_database_error_in_one_operation_is_rolled_back_to_its_savepoint(store: MailStore) -> None:
+    """An operation whose statement fails in the database (PostgreSQL then refuses everything
+    until the savepoint is rolled back) fails alone; the batch's other operations commit."""
+    inbox = await _fill(store, 2)
+    await store.update_flags(inbox, [1], ["\\Seen"], FlagMode.ADD)  # the group commit exists now
+    batcher = store.write_batcher
+    assert batcher is not None
+    commits = batcher.commits
+
+    def broken(conn: Connection) -> tuple[None, list[MailboxChange]]:
+        conn.execute(update(Message).where(Message.folder_id == inbox).values(flags="half-done"))
+        conn.exec_driver_sql("SELECT no_such_column FROM no_such_table")
+        return None, []
+
+    results = await asyncio.gather(
+        store.update_flags(inbox, [1], ["$A"], FlagMode.ADD),
+        batcher.submit(broken, (inbox,)),
+        store.update_flags(inbox, [2], ["$B"], FlagMode.ADD),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], DBAPIError)
+    assert isinstance(results[0], FlagUpdate) and isinstance(results[2], FlagUpdate)
+    assert batcher.commits - commits == 1
+    flags = {m.uid: m.flags for m in await store.list_messages(inbox)}
+    assert flags == {1: ("\\Seen", "$A"), 2: ("$B",)}  # nothing of the broken operation

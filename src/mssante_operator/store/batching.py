@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Connection, Engine, Table, event, select
+from sqlalchemy import Connection, Engine, Table, bindparam, event, select
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -179,6 +179,17 @@ def begin_waiting(dbapi: Any) -> None:
         dbapi.execute("PRAGMA busy_timeout=0")
 
 
+#: `conn.info` key, during a batch: {folder id: folder row} of the folders its operations declared,
+#: read and locked for the whole batch (a folder missing there does not exist).
+LOCKED_FOLDERS = "mssante.locked_folders"
+
+
+def locked_folders(conn: Connection) -> dict[int, Any] | None:
+    """The folder rows the running batch locked, or None outside a batch."""
+    found: dict[int, Any] | None = conn.info.get(LOCKED_FOLDERS)
+    return found
+
+
 #: A write operation: a synchronous function over the open transaction returning its result and
 #: the change events to publish once it is committed.
 Operation = Callable[[Connection], tuple[T, Sequence[MailboxChange]]]
@@ -213,7 +224,8 @@ class WriteBatcher:
     ) -> None:
         self._tx = SyncTransactions(engine, name="imap-writer", lock=lock)
         self._changes = changes
-        self._folders = folders_table
+        query = select(folders_table).where(folders_table.c.id.in_(bindparam("ids", expanding=True)))
+        self._lock_folders = query.order_by(folders_table.c.id).with_for_update()
         self._max_batch = max_batch
         self._queue: list[_Queued[Any]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -306,14 +318,19 @@ class WriteBatcher:
 
     def _run_batch(self, conn: Connection, batch: Sequence[_Queued[Any]]) -> None:
         folders = sorted({f for item in batch for f in item.folders})
-        if folders and not self._tx.sqlite:
-            # Row locks in id order for the whole batch (SQLite's BEGIN IMMEDIATE locks everything).
-            conn.execute(
-                select(self._folders.c.id)
-                .where(self._folders.c.id.in_(folders))
-                .order_by(self._folders.c.id)
-                .with_for_update()
-            ).all()
+        locked: dict[int, Any] = {}
+        if folders:
+            # The batch's folder rows, read once and locked in id order (FOR UPDATE on PostgreSQL,
+            # so that batches of several processes cannot deadlock; SQLite's BEGIN IMMEDIATE
+            # already excludes every other writer). Operations find them in `locked_folders`.
+            locked = {int(row.id): row for row in conn.execute(self._lock_folders, {"ids": folders})}
+        conn.info[LOCKED_FOLDERS] = locked
+        try:
+            self._run_operations(conn, batch)
+        finally:
+            conn.info.pop(LOCKED_FOLDERS, None)
+
+    def _run_operations(self, conn: Connection, batch: Sequence[_Queued[Any]]) -> None:
         if len(batch) == 1:
             item = batch[0]
             item.result, item.changes = item.op(conn)

@@ -41,7 +41,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from mssante_operator.addresses import normalize_address, normalize_domain
 from mssante_operator.config.models import MailboxType, StoreSettings
 from mssante_operator.ops.logging import get_logger
-from mssante_operator.store.batching import Operation, WriteBatcher, sync_writable_engine, write_lock
+from mssante_operator.store.batching import (
+    Operation,
+    WriteBatcher,
+    locked_folders,
+    sync_writable_engine,
+    write_lock,
+)
 from mssante_operator.store.bodies import BodyStorage, DatabaseBodyStorage, body_aad
 from mssante_operator.store.crypto import (
     KeyUnwrapError,
@@ -1869,7 +1875,10 @@ class MailStore:
     @staticmethod
     def _lock_folder(conn: Connection, folder_id: int) -> int:
         """Lock a folder row (FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises
-        writers) and return its mailbox id."""
+        writers) and return its mailbox id. In a group commit the batch locked it already."""
+        batch = locked_folders(conn)
+        if batch is not None and folder_id in batch:
+            return int(batch[folder_id].mailbox_id)
         mailbox_id = conn.scalar(_LOCK_FOLDER, {"f_id": folder_id})
         if mailbox_id is None:
             raise FolderNotFound(f"folder {folder_id} does not exist")

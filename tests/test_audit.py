@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, event, func, insert, select, text, update
+from sqlalchemy import Engine, delete, event, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mssante_operator.audit import (
@@ -537,9 +537,10 @@ def commit_counter(engine: AsyncEngine) -> Iterator[list[int]]:
     def on_commit(_conn: Any) -> None:
         commits[0] += 1
 
-    event.listen(engine.sync_engine, "commit", on_commit)
+    # Every engine: on SQLite the audit log commits on its own synchronous connection to the file.
+    event.listen(Engine, "commit", on_commit)
     yield commits
-    event.remove(engine.sync_engine, "commit", on_commit)
+    event.remove(Engine, "commit", on_commit)
 
 
 async def test_records_are_written_in_batches(

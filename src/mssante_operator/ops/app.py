@@ -191,6 +191,10 @@ class Application:
 
     async def close(self) -> None:
         """Release shared resources once services are stopped."""
+        mailstore = self.components.mailstore
+        if mailstore is not None and hasattr(mailstore, "close"):
+            # The group commit of IMAP writes: its thread and SQLite connection.
+            await mailstore.close()
         await self.engine.dispose()
 
     def request_shutdown(self) -> None:

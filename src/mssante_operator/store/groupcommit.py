@@ -11,31 +11,30 @@ Errors are per message: a message whose recipients cannot take it (no such mailb
 INBOX) is refused alone before anything is written; if the batch's transaction itself fails, each
 of its messages is retried alone in its own transaction, so one bad message never fails another.
 
-On SQLite the batch runs in one dedicated thread on a synchronous connection (BEGIN IMMEDIATE),
-so the event loop pays one thread hop per batch, not one per statement; on PostgreSQL it runs on
-the async engine through `run_sync`.
+The transaction machinery is `store.batching.SyncTransactions`: on SQLite the batch's statements
+run on the loop on a synchronous connection (BEGIN IMMEDIATE), only waiting for another process's
+lock and the COMMIT go to one dedicated thread, so the event loop pays one thread hop per batch,
+not one per statement; on PostgreSQL the batch runs on the async engine through `run_sync`. On
+SQLite it takes the MailStore's write lock, so this process's writers queue in FIFO order.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Table, bindparam, event, insert, select, update
-from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mssante_operator.addresses import normalize_address
 from mssante_operator.ops.logging import get_logger
+from mssante_operator.store.batching import SyncTransactions
 from mssante_operator.store.bodies import DatabaseBodyStorage, body_aad
 from mssante_operator.store.crypto import MasterKey, encrypt_body, new_data_key, wrap_key
-from mssante_operator.store.engine import sqlite_pragmas
 from mssante_operator.store.mailstore import (
     INBOX,
     FolderNotFound,
@@ -51,8 +50,6 @@ from mssante_operator.store.notify import ChangeKind, MailboxChange
 from mssante_operator.store.summaries import encrypted_summary_row, summarize_safely
 
 log = get_logger(__name__)
-
-_BUSY_TIMEOUT_MS = 30_000
 
 _MAILBOXES = cast(Table, Mailbox.__table__)
 _FOLDERS = cast(Table, Folder.__table__)
@@ -128,9 +125,7 @@ class DeliveryWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._sqlite = engine.dialect.name == "sqlite"
-        self._sync_engine: Engine | None = None
-        self._thread: concurrent.futures.ThreadPoolExecutor | None = None
+        self._tx = SyncTransactions(engine, name="delivery-writer", lock=mailstore.sqlite_write_lock)
         #: Counters for tests and metrics: batches committed, messages stored, batches retried alone.
         self.batches = 0
         self.delivered = 0
@@ -141,10 +136,7 @@ class DeliveryWriter:
     async def start(self) -> None:
         if self._task is not None:
             raise RuntimeError("delivery writer already started")
-        if self._sqlite:
-            self._sync_engine = _sqlite_sync_engine(self._engine)
-            # One thread: the synchronous connection is only ever used from it.
-            self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="delivery-writer")
+        self._tx.open()
         self._stopping = False
         self._task = asyncio.create_task(self._run(), name="delivery-writer")
 
@@ -165,12 +157,7 @@ class DeliveryWriter:
             if not pending.future.done():
                 pending.future.set_exception(RuntimeError("delivery writer stopped"))
         self._queue.clear()
-        if self._thread is not None:
-            self._thread.shutdown(wait=True)
-            self._thread = None
-        if self._sync_engine is not None:
-            self._sync_engine.dispose()
-            self._sync_engine = None
+        self._tx.close()
 
     async def reload(self, settings: object) -> None:
         return None
@@ -264,32 +251,7 @@ class DeliveryWriter:
                 pending.future.set_exception(RuntimeError("delivery was not written"))
 
     async def _transaction(self, batch: list[_Pending]) -> None:
-        if self._sync_engine is None:
-            async with self._engine.begin() as conn:
-                await conn.run_sync(self.write_batch, batch)
-            return
-        # SQLite: the statements run right here, on the loop (microseconds each, page cache);
-        # only waiting for the write lock and the COMMIT (the fsync) go to the writer thread. A
-        # thread hop per statement would cost a GIL hand-over each, milliseconds under load.
-        loop = asyncio.get_running_loop()
-        with self._sync_engine.connect() as conn:
-            dbapi = conn.connection.driver_connection
-            assert dbapi is not None
-            try:
-                dbapi.execute("BEGIN IMMEDIATE")  # busy_timeout 0: fails at once when locked
-            except sqlite3.OperationalError:
-                await loop.run_in_executor(self._thread, _begin_waiting, dbapi)
-            try:
-                self.write_batch(conn, batch)
-                await loop.run_in_executor(self._thread, dbapi.commit)
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    dbapi.rollback()
-                raise
-            finally:
-                # SQLAlchemy's own idea of the transaction (autobegun, empty at the driver level).
-                with contextlib.suppress(Exception):
-                    conn.rollback()
+        await self._tx.run(lambda conn: self.write_batch(conn, batch))
 
     # -- the transaction (synchronous: a writer thread on SQLite, run_sync on PostgreSQL) --------
 
@@ -443,33 +405,3 @@ def _refusal(addresses: Sequence[str], known: dict[str, _Recipient | MailboxStat
     if no_inbox:
         return FolderNotFound(f"folder {INBOX!r} does not exist in: {', '.join(no_inbox)}")
     return None
-
-
-def _sqlite_sync_engine(engine: AsyncEngine) -> Engine:
-    """A synchronous engine on the same SQLite file. The driver is in autocommit mode: the writer
-    issues BEGIN IMMEDIATE (the write lock first: a deferred transaction that reads then writes
-    can fail with SQLITE_BUSY when another writer committed in between) and COMMIT itself."""
-    sync = create_sync_engine(
-        engine.url.set(drivername="sqlite+pysqlite"),
-        pool_size=1,
-        max_overflow=0,
-        connect_args={"check_same_thread": False},  # statements on the loop, COMMIT in the thread
-    )
-
-    @event.listens_for(sync, "connect")
-    def _connect(dbapi_connection: Any, record: Any) -> None:
-        sqlite_pragmas(dbapi_connection, record)
-        dbapi_connection.isolation_level = None
-        # Never wait for the lock on the event loop; `_begin_waiting` waits in the thread.
-        dbapi_connection.execute("PRAGMA busy_timeout=0")
-
-    return sync
-
-
-def _begin_waiting(dbapi: Any) -> None:
-    """BEGIN IMMEDIATE, waiting up to the usual busy timeout (in the writer thread)."""
-    dbapi.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-    try:
-        dbapi.execute("BEGIN IMMEDIATE")
-    finally:
-        dbapi.execute("PRAGMA busy_timeout=0")

@@ -17,9 +17,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from sqlalchemy import (
+    Connection,
+    Integer,
     Table,
     and_,
     bindparam,
@@ -34,11 +36,18 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mssante_operator.addresses import normalize_address, normalize_domain
 from mssante_operator.config.models import MailboxType, StoreSettings
 from mssante_operator.ops.logging import get_logger
+from mssante_operator.store.batching import (
+    Operation,
+    WriteBatcher,
+    locked_folders,
+    sync_writable_engine,
+    write_lock,
+)
 from mssante_operator.store.bodies import BodyStorage, DatabaseBodyStorage, body_aad
 from mssante_operator.store.crypto import (
     KeyUnwrapError,
@@ -75,7 +84,79 @@ from mssante_operator.store.summaries import (
 
 log = get_logger(__name__)
 
+_T = TypeVar("_T")
+
 INBOX = "INBOX"
+_FOLDERS = cast(Table, Folder.__table__)
+_MESSAGES = cast(Table, Message.__table__)
+_MAILBOXES = cast(Table, Mailbox.__table__)
+_BODIES = cast(Table, MessageBody.__table__)
+_SUMMARIES = cast(Table, MessageSummary.__table__)
+_EXPUNGED = cast(Table, ExpungedMessage.__table__)
+_QUEUE = cast(Table, QueueEntry.__table__)
+
+# The statements of the group-committed IMAP writes, built once: building a statement and its
+# cache key costs more than SQLite running it, and these run on the event loop.
+_F, _M = _FOLDERS.c, _MESSAGES.c
+_LOCK_FOLDER = select(_F.mailbox_id).where(_F.id == bindparam("f_id")).with_for_update()
+_NEXT_MODSEQ = (
+    update(_FOLDERS)
+    .where(_F.id == bindparam("f_id"))
+    .values(highestmodseq=_F.highestmodseq + 1)
+    .returning(_F.highestmodseq)
+)
+_NEXT_UIDS = (
+    update(_FOLDERS)
+    .where(_F.id == bindparam("f_id"))
+    .values(uidnext=_F.uidnext + bindparam("n_uids"), highestmodseq=_F.highestmodseq + bindparam("n_modseqs"))
+    .returning(_F.uidnext, _F.highestmodseq)
+)
+_FLAG_ROWS = (
+    select(_M.id, _M.uid, _M.flags, _M.internal_date, _M.size, _M.modseq)
+    .where(_M.folder_id == bindparam("f_id"), _M.uid.in_(bindparam("uids", expanding=True)))
+    .order_by(_M.uid)
+)
+_SET_FLAGS = (
+    update(_MESSAGES)
+    .where(_M.id.in_(bindparam("ids", expanding=True)))
+    .values(flags=bindparam("new_flags"), modseq=bindparam("new_modseq"))
+)
+_DELETED_ROWS = select(_M.id, _M.uid, _M.body_id, _M.flags).where(
+    _M.folder_id == bindparam("f_id"), _M.flags.contains("\\Deleted", autoescape=True)
+)
+_DELETED_ROWS_IN = _DELETED_ROWS.where(_M.uid.in_(bindparam("uids", expanding=True)))
+_DELETE_MESSAGES = delete(_MESSAGES).where(_M.id.in_(bindparam("ids", expanding=True)))
+_ADD_TOMBSTONES = insert(_EXPUNGED)
+_RECIPIENTS = select(
+    _MAILBOXES.c.address, _MAILBOXES.c.id, _MAILBOXES.c.wrapped_data_key, _MAILBOXES.c.status
+).where(_MAILBOXES.c.address.in_(bindparam("addresses", expanding=True)))
+_FOLDERS_NAMED = select(_F.mailbox_id, _F.id).where(
+    _F.mailbox_id.in_(bindparam("mailbox_ids", expanding=True)), _F.name == bindparam("f_name")
+)
+_NEW_BODY = insert(_BODIES).returning(_BODIES.c.id)
+_BODY_CIPHERTEXT = (
+    update(_BODIES).where(_BODIES.c.id == bindparam("b_id")).values(ciphertext=bindparam("b_ct"))
+)
+_NEW_SUMMARY = insert(_SUMMARIES)
+_NEW_MESSAGE = insert(_MESSAGES).returning(_M.id)
+_E = _EXPUNGED.c
+_AGED_TOMBSTONES = select(func.max(_E.modseq)).where(
+    _E.folder_id == bindparam("f_id"), _E.expunged_at < bindparam("cutoff_time")
+)
+_COUNT_TOMBSTONES = select(func.count()).select_from(_EXPUNGED).where(_E.folder_id == bindparam("f_id"))
+_NTH_TOMBSTONE = (
+    select(_E.modseq)
+    .where(_E.folder_id == bindparam("f_id"))
+    .order_by(_E.modseq)
+    .offset(bindparam("skip", type_=Integer))
+    .limit(1)
+)
+_ORPHAN_BODIES = select(_BODIES.c.id).where(
+    _BODIES.c.id.in_(bindparam("ids", expanding=True)),
+    ~exists().where(_M.body_id == _BODIES.c.id),
+    ~exists().where(_QUEUE.c.body_id == _BODIES.c.id),
+)
+_DELETE_BODIES = delete(_BODIES).where(_BODIES.c.id.in_(bindparam("ids", expanding=True)))
 _MAILBOX_STATUS = select(Mailbox.__table__.c.status).where(
     Mailbox.__table__.c.address == bindparam("address")
 )
@@ -395,7 +476,11 @@ class MailStore:
         self.changes = changes if changes is not None else ChangeHub()
         # SQLite has one writer at a time. Queueing this process's writers here is fair (FIFO);
         # leaving them to SQLite's busy handler makes unlucky ones poll for seconds.
-        self._sqlite_writer = asyncio.Lock()
+        bind = sessions.kw.get("bind")
+        self._sqlite_writer = write_lock(bind) if isinstance(bind, AsyncEngine) else asyncio.Lock()
+        # IMAP writes (STORE, EXPUNGE, COPY/MOVE, APPEND) are group-committed (`_batcher`).
+        self._batch_writer: WriteBatcher | None = None
+        self._batching = True
 
     @property
     def body_storage(self) -> BodyStorage:
@@ -748,6 +833,25 @@ class MailStore:
         content_key = new_data_key()
         # The SMTP side names the message in its Received header before storing it: keep that id.
         queue_id = queue_id or new_queue_id()
+        if recipients and not outbound and len(raw) <= _THREAD_THRESHOLD and self._batcher() is not None:
+            # IMAP APPEND, local deliveries: group-committed with the other sessions' writes.
+            summary = summarize_safely(raw)
+            qid = queue_id
+
+            def op(conn: Connection) -> tuple[StoredMessage, list[MailboxChange]]:
+                return self._deliver_sync(
+                    conn, raw, recipients, folder, flag_text, when, qid, content_key, summary
+                )
+
+            stored = await self._run_write(op, ())
+            log.info(
+                "message stored",
+                queue_id=queue_id,
+                size=len(raw),
+                local=len(stored.message_ids),
+                outbound_domains=0,
+            )
+            return stored
         copies: dict[str, LocalCopy] = {}
         entry_ids: list[int] = []
         published: list[MailboxChange] = []
@@ -875,6 +979,80 @@ class MailStore:
         return StoredMessage(
             queue_id=queue_id, body_id=body_id, size=len(raw), message_ids=copies, queue_entry_ids=entry_ids
         )
+
+    def _deliver_sync(
+        self,
+        conn: Connection,
+        raw: bytes,
+        recipients: Sequence[str],
+        folder: str,
+        flag_text: str,
+        when: datetime,
+        queue_id: str,
+        content_key: bytes,
+        summary: tuple[bytes, bytes] | None,
+    ) -> tuple[StoredMessage, list[MailboxChange]]:
+        """`store_message` for local recipients only, as a group-committed operation: the same
+        refusals, one body (with its IMAP summary), one message per recipient with the next UID
+        and modseq of its folder."""
+        mailboxes = {
+            str(a): (int(i), bytes(k), MailboxStatus(st))
+            for a, i, k, st in conn.execute(_RECIPIENTS, {"addresses": list(recipients)}).all()
+        }
+        missing = [a for a in recipients if a not in mailboxes]
+        if missing:
+            raise MailboxNotFound(f"no such mailbox: {', '.join(missing)}")
+        closed = [a for a in recipients if mailboxes[a][2] is MailboxStatus.CLOSED]
+        if closed:
+            raise MailboxClosed(f"mailbox closed: {', '.join(closed)}")
+        folder_of = {
+            int(mid): int(fid)
+            for mid, fid in conn.execute(
+                _FOLDERS_NAMED, {"mailbox_ids": [m[0] for m in mailboxes.values()], "f_name": folder}
+            ).all()
+        }
+        no_folder = [a for a in recipients if mailboxes[a][0] not in folder_of]
+        if no_folder:
+            raise FolderNotFound(f"folder {folder!r} does not exist in: {', '.join(no_folder)}")
+        now = datetime.now(UTC)
+        body_id = int(
+            conn.execute(
+                _NEW_BODY, {"size": len(raw), "backend": self._bodies.name, "created_at": now}
+            ).scalar_one()
+        )
+        conn.execute(
+            _BODY_CIPHERTEXT, {"b_id": body_id, "b_ct": encrypt_body(content_key, raw, body_aad(body_id))}
+        )
+        # IMAP's ENVELOPE/BODYSTRUCTURE/header SEARCH read this instead of the body.
+        if summary is not None:
+            conn.execute(_NEW_SUMMARY, encrypted_summary_row(body_id, content_key, summary))
+        copies: dict[str, LocalCopy] = {}
+        changes: list[MailboxChange] = []
+        # Allocate UIDs in folder-id order so concurrent multi-recipient deliveries take the row
+        # locks in the same order and cannot deadlock.
+        for address in sorted(recipients, key=lambda a: folder_of[mailboxes[a][0]]):
+            mailbox_id, wrapped_data_key, _ = mailboxes[address]
+            folder_id = folder_of[mailbox_id]
+            uidnext, modseq = conn.execute(_NEXT_UIDS, {"f_id": folder_id, "n_uids": 1, "n_modseqs": 1}).one()
+            uid = int(uidnext) - 1
+            message_id = conn.execute(
+                _NEW_MESSAGE,
+                {
+                    "folder_id": folder_id,
+                    "mailbox_id": mailbox_id,
+                    "uid": uid,
+                    "body_id": body_id,
+                    "wrapped_body_key": wrap_key(self._master.unwrap(wrapped_data_key), content_key),
+                    "flags": flag_text,
+                    "internal_date": when,
+                    "size": len(raw),
+                    "modseq": int(modseq),
+                    "created_at": now,
+                },
+            ).scalar_one()
+            copies[address] = LocalCopy(folder_id=folder_id, uid=uid, message_id=int(message_id))
+            changes.append(MailboxChange(mailbox_id, folder_id, ChangeKind.NEW, (uid,)))
+        return StoredMessage(queue_id=queue_id, body_id=body_id, size=len(raw), message_ids=copies), changes
 
     async def import_messages(
         self, address: str, messages: Sequence[ImportedMessage], *, folder: str = INBOX
@@ -1437,53 +1615,44 @@ class MailStore:
     async def _tombstones(
         self, session: AsyncSession, folder_id: int, uids: Sequence[int], modseq: int
     ) -> None:
+        if uids:
+            await session.run_sync(
+                lambda sync: self._tombstones_sync(sync.connection(), folder_id, uids, modseq)
+            )
+
+    def _tombstones_sync(self, conn: Connection, folder_id: int, uids: Sequence[int], modseq: int) -> None:
         # Remembered for QRESYNC: a client that saw these UIDs learns they are gone (VANISHED).
         if uids:
             now = datetime.now(UTC)
-            session.add_all(
-                [
-                    ExpungedMessage(folder_id=folder_id, uid=uid, modseq=modseq, expunged_at=now)
-                    for uid in uids
-                ]
+            conn.execute(
+                _ADD_TOMBSTONES,
+                [{"folder_id": folder_id, "uid": uid, "modseq": modseq, "expunged_at": now} for uid in uids],
             )
-            await self._prune_tombstones(session, folder_id)
+            self._prune_tombstones(conn, folder_id)
 
-    async def _prune_tombstones(self, session: AsyncSession, folder_id: int) -> None:
+    def _prune_tombstones(self, conn: Connection, folder_id: int) -> None:
         """Forget the oldest tombstones of a folder beyond the policy's age and count, and raise
         the folder's `tombstone_floor` so `changes_since` knows its answer may be partial."""
         policy = self._tombstone_policy
-        in_folder = ExpungedMessage.folder_id == folder_id
+        in_folder = _EXPUNGED.c.folder_id == folder_id
         cutoff = 0
         if policy.max_age is not None:
-            aged = await session.scalar(
-                select(func.max(ExpungedMessage.modseq)).where(
-                    in_folder, ExpungedMessage.expunged_at < datetime.now(UTC) - policy.max_age
-                )
+            aged = conn.scalar(
+                _AGED_TOMBSTONES, {"f_id": folder_id, "cutoff_time": datetime.now(UTC) - policy.max_age}
             )
             cutoff = int(aged or 0)
         if policy.max_per_folder is not None:
-            count = int(await session.scalar(select(func.count()).where(in_folder)) or 0)
+            count = int(conn.scalar(_COUNT_TOMBSTONES, {"f_id": folder_id}) or 0)
             excess = count - policy.max_per_folder
             if excess > 0:
-                nth = await session.scalar(
-                    select(ExpungedMessage.modseq)
-                    .where(in_folder)
-                    .order_by(ExpungedMessage.modseq)
-                    .offset(excess - 1)
-                    .limit(1)
-                )
+                nth = conn.scalar(_NTH_TOMBSTONE, {"f_id": folder_id, "skip": excess - 1})
                 cutoff = max(cutoff, int(nth or 0))
         if cutoff:
-            await session.execute(
-                delete(ExpungedMessage)
-                .where(in_folder, ExpungedMessage.modseq <= cutoff)
-                .execution_options(synchronize_session=False)
-            )
-            await session.execute(
-                update(Folder)
-                .where(Folder.id == folder_id, Folder.tombstone_floor < cutoff)
+            conn.execute(delete(_EXPUNGED).where(in_folder, _EXPUNGED.c.modseq <= cutoff))
+            conn.execute(
+                update(_FOLDERS)
+                .where(_FOLDERS.c.id == folder_id, _FOLDERS.c.tombstone_floor < cutoff)
                 .values(tombstone_floor=cutoff)
-                .execution_options(synchronize_session=False)
             )
 
     async def changes_since(self, folder_id: int, modseq: int) -> FolderChanges:
@@ -1662,12 +1831,76 @@ class MailStore:
             if getattr(result, "rowcount", 1) == 0:
                 raise FolderNotFound(f"folder {wanted!r} does not exist")
 
-    async def _lock_folder(self, session: AsyncSession, folder_id: int) -> Folder:
-        # FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers.
-        folder = await session.scalar(select(Folder).where(Folder.id == folder_id).with_for_update())
-        if folder is None:
+    # -- IMAP writes: synchronous operations, group-committed by `WriteBatcher` ---------------
+
+    def _batcher(self) -> WriteBatcher | None:
+        """The group commit of IMAP writes; None when this store cannot use it (no engine bound
+        to the session factory, an in-memory SQLite database, bodies stored outside the database)."""
+        if self._batch_writer is None and self._batching:
+            bind = sync_writable_engine(self._sessions)
+            if bind is None or not isinstance(self._bodies, DatabaseBodyStorage):
+                self._batching = False
+                return None
+            self._batch_writer = WriteBatcher(
+                bind, self.changes, folders_table=_FOLDERS, lock=self._sqlite_writer
+            )
+        return self._batch_writer
+
+    async def _run_write(self, op: Operation[_T], folders: Sequence[int]) -> _T:
+        """Run a write operation in the group commit, or alone in its own transaction (same code)."""
+        batcher = self._batcher()
+        if batcher is not None:
+            return await batcher.submit(op, folders)
+        async with self._write() as session:
+            conn = await session.connection()
+            result, changes = await conn.run_sync(op)
+        for change in changes:
+            self.changes.publish(change)
+        return result
+
+    async def close(self) -> None:
+        """Finish the queued IMAP writes and release the group commit's thread and connection."""
+        if self._batch_writer is not None:
+            await self._batch_writer.close()
+            self._batch_writer = None
+
+    @property
+    def sqlite_write_lock(self) -> asyncio.Lock:
+        """Taken around every SQLite write transaction of this process (FIFO fairness)."""
+        return self._sqlite_writer
+
+    @property
+    def write_batcher(self) -> WriteBatcher | None:
+        """The group commit of IMAP writes (counters for tests and metrics), once used."""
+        return self._batch_writer
+
+    @staticmethod
+    def _lock_folder(conn: Connection, folder_id: int) -> int:
+        """Lock a folder row (FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises
+        writers) and return its mailbox id. In a group commit the batch locked it already."""
+        batch = locked_folders(conn)
+        if batch is not None and folder_id in batch:
+            return int(batch[folder_id].mailbox_id)
+        mailbox_id = conn.scalar(_LOCK_FOLDER, {"f_id": folder_id})
+        if mailbox_id is None:
             raise FolderNotFound(f"folder {folder_id} does not exist")
-        return folder
+        return int(mailbox_id)
+
+    @staticmethod
+    def _next_modseq(conn: Connection, folder_id: int) -> int:
+        return int(conn.execute(_NEXT_MODSEQ, {"f_id": folder_id}).scalar_one())
+
+    def _release_bodies_sync(self, conn: Connection, body_ids: set[int]) -> int:
+        """Delete the given bodies if nothing refers to them any more (same transaction). Bodies
+        are in the database (the batcher is only used with `DatabaseBodyStorage`): the row is all."""
+        if not body_ids:
+            return 0
+        orphans: list[int] = []
+        for chunk in _chunks(sorted(body_ids)):
+            orphans.extend(int(i) for i in conn.scalars(_ORPHAN_BODIES, {"ids": chunk}))
+        for chunk in _chunks(orphans):
+            conn.execute(_DELETE_BODIES, {"ids": chunk})
+        return len(orphans)
 
     async def update_flags(
         self,
@@ -1678,103 +1911,109 @@ class MailStore:
         *,
         unchanged_since: int | None = None,
     ) -> FlagUpdate:
-        """STORE: set, add or remove flags; changed messages get one new modseq (RFC 7162)."""
+        """STORE: set, add or remove flags; changed messages get one new modseq (RFC 7162).
+        Group-committed with the other sessions' writes; returns once committed."""
         wanted = _normalize_flags(flags).split() if flags else []
+        uid_list = list(uids)
+
+        def op(conn: Connection) -> tuple[FlagUpdate, list[MailboxChange]]:
+            return self._update_flags_sync(conn, folder_id, uid_list, wanted, mode, unchanged_since)
+
+        return await self._run_write(op, (folder_id,))
+
+    def _update_flags_sync(
+        self,
+        conn: Connection,
+        folder_id: int,
+        uids: Sequence[int],
+        wanted: list[str],
+        mode: FlagMode,
+        unchanged_since: int | None,
+    ) -> tuple[FlagUpdate, list[MailboxChange]]:
         changed: list[MessageInfo] = []
         unchanged: list[MessageInfo] = []
         modified: list[int] = []
-        uid_condition, keep = _uid_in(uids)
-        async with self._write() as session:
-            folder = await self._lock_folder(session, folder_id)
-            rows = (
-                await session.execute(
-                    select(
-                        Message.id,
-                        Message.uid,
-                        Message.flags,
-                        Message.internal_date,
-                        Message.size,
-                        Message.modseq,
-                    )
-                    .where(Message.folder_id == folder_id, uid_condition)
-                    .order_by(Message.uid)
-                )
-            ).all()
-            if keep is not None:
-                rows = [r for r in rows if r[1] in keep]
-            pending: list[tuple[int, int, str, datetime, int]] = []
-            for mid, uid, current_text, when, size, modseq in rows:
-                current = list(_flag_tuple(current_text))
-                if mode is FlagMode.SET:
-                    result = list(wanted)
-                elif mode is FlagMode.ADD:
-                    result = current + [f for f in wanted if f not in current]
-                else:
-                    result = [f for f in current if f not in wanted]
-                if unchanged_since is not None and modseq > unchanged_since:
-                    modified.append(int(uid))
-                    continue
-                info = MessageInfo(mid, int(uid), tuple(result), _aware(when), int(size), int(modseq))
-                if set(result) == set(current):
-                    unchanged.append(info)
-                else:
-                    pending.append((mid, int(uid), " ".join(result), _aware(when), int(size)))
-            if pending:
-                folder.highestmodseq += 1
-                new_modseq = folder.highestmodseq
-                # One UPDATE per distinct new flag set (and per chunk of ids), not per message.
-                by_text: dict[str, list[int]] = {}
-                for mid, uid, new_text, when, size in pending:
-                    by_text.setdefault(new_text, []).append(mid)
-                    changed.append(MessageInfo(mid, uid, _flag_tuple(new_text), when, size, new_modseq))
-                for new_text, ids in by_text.items():
-                    for chunk in _chunks(ids):
-                        await session.execute(
-                            update(Message)
-                            .where(Message.id.in_(chunk))
-                            .values(flags=new_text, modseq=new_modseq)
-                            .execution_options(synchronize_session=False)
-                        )
-                await session.flush()
-            mailbox_id = folder.mailbox_id
-        if changed:
-            self.changes.publish(
-                MailboxChange(mailbox_id, folder_id, ChangeKind.FLAGS, tuple(m.uid for m in changed))
-            )
-        return FlagUpdate(changed=changed, unchanged=unchanged, modified=modified)
-
-    async def expunge(self, folder_id: int, uids: Sequence[int] | None = None) -> list[int]:
-        """Remove the messages flagged \\Deleted (only among `uids` if given); return their UIDs."""
-        async with self._write() as session:
-            folder = await self._lock_folder(session, folder_id)
-            query = select(Message.id, Message.uid, Message.body_id, Message.flags).where(
-                Message.folder_id == folder_id, Message.flags.contains("\\Deleted", autoescape=True)
-            )
-            keep: set[int] | None = None
-            if uids is not None:
-                condition, keep = _uid_in(uids)
-                query = query.where(condition)
+        mailbox_id = self._lock_folder(conn, folder_id)
+        if len(uids) <= _IN_LIMIT:
+            rows = conn.execute(_FLAG_ROWS, {"f_id": folder_id, "uids": list(uids)}).all()
+        else:
+            uid_condition, keep = _uid_in(uids)
+            m = _MESSAGES.c
             rows = [
                 r
-                for r in (await session.execute(query)).all()
-                if "\\Deleted" in _flag_tuple(r[3]) and (keep is None or r[1] in keep)
+                for r in conn.execute(
+                    select(m.id, m.uid, m.flags, m.internal_date, m.size, m.modseq)
+                    .where(m.folder_id == folder_id, uid_condition)
+                    .order_by(m.uid)
+                ).all()
+                if keep is None or r[1] in keep
             ]
-            if rows:
-                for chunk in _chunks([r[0] for r in rows]):
-                    await session.execute(
-                        delete(Message)
-                        .where(Message.id.in_(chunk))
-                        .execution_options(synchronize_session=False)
-                    )
-                folder.highestmodseq += 1
-                await self._tombstones(session, folder_id, [int(r[1]) for r in rows], folder.highestmodseq)
-                await session.flush()
-                await self._release_bodies(session, {int(r[2]) for r in rows})
-            mailbox_id = folder.mailbox_id
+        pending: list[tuple[int, int, str, datetime, int]] = []
+        for mid, uid, current_text, when, size, modseq in rows:
+            current = list(_flag_tuple(current_text))
+            if mode is FlagMode.SET:
+                result = list(wanted)
+            elif mode is FlagMode.ADD:
+                result = current + [f for f in wanted if f not in current]
+            else:
+                result = [f for f in current if f not in wanted]
+            if unchanged_since is not None and modseq > unchanged_since:
+                modified.append(int(uid))
+                continue
+            info = MessageInfo(int(mid), int(uid), tuple(result), _aware(when), int(size), int(modseq))
+            if set(result) == set(current):
+                unchanged.append(info)
+            else:
+                pending.append((int(mid), int(uid), " ".join(result), _aware(when), int(size)))
+        if pending:
+            new_modseq = self._next_modseq(conn, folder_id)
+            # One UPDATE per distinct new flag set (and per chunk of ids), not per message.
+            by_text: dict[str, list[int]] = {}
+            for mid, uid, new_text, when, size in pending:
+                by_text.setdefault(new_text, []).append(mid)
+                changed.append(MessageInfo(mid, uid, _flag_tuple(new_text), when, size, new_modseq))
+            for new_text, ids in by_text.items():
+                for chunk in _chunks(ids):
+                    conn.execute(_SET_FLAGS, {"ids": chunk, "new_flags": new_text, "new_modseq": new_modseq})
+        changes = (
+            [MailboxChange(mailbox_id, folder_id, ChangeKind.FLAGS, tuple(c.uid for c in changed))]
+            if changed
+            else []
+        )
+        return FlagUpdate(changed=changed, unchanged=unchanged, modified=modified), changes
+
+    async def expunge(self, folder_id: int, uids: Sequence[int] | None = None) -> list[int]:
+        """Remove the messages flagged \\Deleted (only among `uids` if given); return their UIDs.
+        Group-committed with the other sessions' writes; returns once committed."""
+        uid_list = None if uids is None else list(uids)
+
+        def op(conn: Connection) -> tuple[list[int], list[MailboxChange]]:
+            return self._expunge_sync(conn, folder_id, uid_list)
+
+        return await self._run_write(op, (folder_id,))
+
+    def _expunge_sync(
+        self, conn: Connection, folder_id: int, uids: Sequence[int] | None
+    ) -> tuple[list[int], list[MailboxChange]]:
+        mailbox_id = self._lock_folder(conn, folder_id)
+        keep: set[int] | None = None
+        if uids is None:
+            found = conn.execute(_DELETED_ROWS, {"f_id": folder_id}).all()
+        elif len(uids) <= _IN_LIMIT:
+            found = conn.execute(_DELETED_ROWS_IN, {"f_id": folder_id, "uids": list(uids)}).all()
+        else:
+            condition, keep = _uid_in(uids)
+            found = conn.execute(_DELETED_ROWS.where(condition), {"f_id": folder_id}).all()
+        rows = [r for r in found if "\\Deleted" in _flag_tuple(r[3]) and (keep is None or r[1] in keep)]
+        if not rows:
+            return [], []
+        for chunk in _chunks([int(r[0]) for r in rows]):
+            conn.execute(_DELETE_MESSAGES, {"ids": chunk})
+        modseq = self._next_modseq(conn, folder_id)
+        self._tombstones_sync(conn, folder_id, [int(r[1]) for r in rows], modseq)
+        self._release_bodies_sync(conn, {int(r[2]) for r in rows})
         removed = sorted(int(r[1]) for r in rows)
-        if removed:
-            self.changes.publish(MailboxChange(mailbox_id, folder_id, ChangeKind.EXPUNGE, tuple(removed)))
-        return removed
+        return removed, [MailboxChange(mailbox_id, folder_id, ChangeKind.EXPUNGE, tuple(removed))]
 
     async def copy_messages(
         self, folder_id: int, uids: Sequence[int], dest_folder_id: int, *, move: bool = False
@@ -1782,89 +2021,87 @@ class MailStore:
         """COPY (or MOVE) messages; return (source UID, new UID) pairs in source UID order.
 
         The body is shared, not duplicated. Across mailboxes the content key is re-wrapped with the
-        destination mailbox's data key.
+        destination mailbox's data key. Group-committed; returns once committed.
         """
         if folder_id == dest_folder_id and move:
             raise FolderNotAllowed("cannot move messages into the folder they are in")
-        mapping: list[tuple[int, int]] = []
-        async with self._write() as session:
-            # Lock both folders in id order, like deliveries do, so that concurrent copies cannot deadlock.
-            locked = {
-                fid: await self._lock_folder(session, fid) for fid in sorted({folder_id, dest_folder_id})
+        uid_list = list(uids)
+
+        def op(conn: Connection) -> tuple[list[tuple[int, int]], list[MailboxChange]]:
+            return self._copy_sync(conn, folder_id, uid_list, dest_folder_id, move)
+
+        return await self._run_write(op, (folder_id, dest_folder_id))
+
+    def _copy_sync(
+        self, conn: Connection, folder_id: int, uids: Sequence[int], dest_folder_id: int, move: bool
+    ) -> tuple[list[tuple[int, int]], list[MailboxChange]]:
+        # Lock both folders in id order, like deliveries do, so that concurrent copies cannot deadlock.
+        mailbox_of = {fid: self._lock_folder(conn, fid) for fid in sorted({folder_id, dest_folder_id})}
+        source_mailbox, dest_mailbox = mailbox_of[folder_id], mailbox_of[dest_folder_id]
+        uid_condition, keep = _uid_in(uids)
+        m = _MESSAGES.c
+        rows = conn.execute(
+            select(m.id, m.uid, m.body_id, m.wrapped_body_key, m.flags, m.internal_date, m.size)
+            .where(m.folder_id == folder_id, uid_condition)
+            .order_by(m.uid)
+        ).all()
+        if keep is not None:
+            rows = [r for r in rows if r[1] in keep]
+        if not rows:
+            return [], []
+        rewrap: tuple[bytes, bytes] | None = None
+        if source_mailbox != dest_mailbox:
+            keys = {
+                int(i): bytes(k)
+                for i, k in conn.execute(
+                    select(_MAILBOXES.c.id, _MAILBOXES.c.wrapped_data_key).where(
+                        _MAILBOXES.c.id.in_([source_mailbox, dest_mailbox])
+                    )
+                ).all()
             }
-            source, dest = locked[folder_id], locked[dest_folder_id]
-            uid_condition, keep = _uid_in(uids)
-            rows = (
-                (
-                    await session.execute(
-                        select(Message)
-                        .where(Message.folder_id == folder_id, uid_condition)
-                        .order_by(Message.uid)
-                    )
-                )
-                .scalars()
-                .all()
+            rewrap = (self._master.unwrap(keys[source_mailbox]), self._master.unwrap(keys[dest_mailbox]))
+        uidnext, dest_modseq = conn.execute(
+            update(_FOLDERS)
+            .where(_FOLDERS.c.id == dest_folder_id)
+            .values(uidnext=_FOLDERS.c.uidnext + len(rows), highestmodseq=_FOLDERS.c.highestmodseq + 1)
+            .returning(_FOLDERS.c.uidnext, _FOLDERS.c.highestmodseq)
+        ).one()
+        first_uid = int(uidnext) - len(rows)
+        now = datetime.now(UTC)
+        new_rows: list[dict[str, Any]] = []
+        mapping: list[tuple[int, int]] = []
+        for offset, (mid, uid, body_id, wrapped, flags, when, size) in enumerate(rows):
+            if rewrap is not None:
+                content_key = unwrap_key(rewrap[0], wrapped, what=f"content key of message {mid}")
+                wrapped = wrap_key(rewrap[1], content_key)
+            new_rows.append(
+                {
+                    "folder_id": dest_folder_id,
+                    "mailbox_id": dest_mailbox,
+                    "uid": first_uid + offset,
+                    "body_id": body_id,
+                    "wrapped_body_key": wrapped,
+                    "flags": flags,
+                    "internal_date": when,
+                    "size": size,
+                    "modseq": int(dest_modseq),
+                    "created_at": now,
+                }
             )
-            if keep is not None:
-                rows = [m for m in rows if m.uid in keep]
-            if not rows:
-                return []
-            rewrap: tuple[bytes, bytes] | None = None
-            if source.mailbox_id != dest.mailbox_id:
-                keys = dict(
-                    (
-                        await session.execute(
-                            select(Mailbox.id, Mailbox.wrapped_data_key).where(
-                                Mailbox.id.in_([source.mailbox_id, dest.mailbox_id])
-                            )
-                        )
-                    ).all()
-                )
-                rewrap = (
-                    self._master.unwrap(keys[source.mailbox_id]),
-                    self._master.unwrap(keys[dest.mailbox_id]),
-                )
-            first_uid = dest.uidnext
-            dest.uidnext += len(rows)
-            dest.highestmodseq += 1
-            for offset, message in enumerate(rows):
-                wrapped = message.wrapped_body_key
-                if rewrap is not None:
-                    content_key = unwrap_key(rewrap[0], wrapped, what=f"content key of message {message.id}")
-                    wrapped = wrap_key(rewrap[1], content_key)
-                session.add(
-                    Message(
-                        folder_id=dest.id,
-                        mailbox_id=dest.mailbox_id,
-                        uid=first_uid + offset,
-                        body_id=message.body_id,
-                        wrapped_body_key=wrapped,
-                        flags=message.flags,
-                        internal_date=message.internal_date,
-                        size=message.size,
-                        modseq=dest.highestmodseq,
-                    )
-                )
-                mapping.append((message.uid, first_uid + offset))
-            if move:
-                for chunk in _chunks([m.id for m in rows]):
-                    await session.execute(
-                        delete(Message)
-                        .where(Message.id.in_(chunk))
-                        .execution_options(synchronize_session=False)
-                    )
-                source.highestmodseq += 1
-                await self._tombstones(session, folder_id, [m.uid for m in rows], source.highestmodseq)
-            await session.flush()
-            source_mailbox, dest_mailbox = source.mailbox_id, dest.mailbox_id
-        self.changes.publish(
+            mapping.append((int(uid), first_uid + offset))
+        conn.execute(insert(_MESSAGES), new_rows)
+        changes = [
             MailboxChange(dest_mailbox, dest_folder_id, ChangeKind.NEW, tuple(new for _, new in mapping))
-        )
+        ]
         if move:
-            self.changes.publish(
+            for chunk in _chunks([int(r[0]) for r in rows]):
+                conn.execute(delete(_MESSAGES).where(m.id.in_(chunk)))
+            source_modseq = self._next_modseq(conn, folder_id)
+            self._tombstones_sync(conn, folder_id, [int(r[1]) for r in rows], source_modseq)
+            changes.append(
                 MailboxChange(source_mailbox, folder_id, ChangeKind.EXPUNGE, tuple(old for old, _ in mapping))
             )
-        return mapping
+        return mapping, changes
 
     async def move_messages(
         self, folder_id: int, uids: Sequence[int], dest_folder_id: int

@@ -102,6 +102,14 @@ def parse_message(raw: bytes) -> Part:
     return _parse(raw, 0, len(raw), ("TEXT", "PLAIN"), is_message=True, depth=0)
 
 
+def parse_header(raw: bytes) -> Part:
+    """The message with only its top-level header parsed (no MIME tree): enough for
+    BODY[HEADER], BODY[HEADER.FIELDS (...)] and RFC822.HEADER, which a client's message list asks
+    for on every message it shows."""
+    headers, body_start = _parse_headers(raw, 0, len(raw))
+    return Part(raw, 0, body_start, len(raw), headers, "TEXT", "PLAIN", is_message=True)
+
+
 def _parse_headers(raw: bytes, start: int, end: int) -> tuple[list[Header], int]:
     headers: list[Header] = []
     pos = start

@@ -1366,6 +1366,9 @@ class MailStore:
     ) -> list[MessageInfo]:
         """Messages of a folder in UID order (optionally only those with modseq > changed_since,
         among `uids`, or with `uid_range[0] <= uid <= uid_range[1]`)."""
+        if self._fast is not None and uids is None:
+            with contextlib.suppress(SqliteBusy):
+                return self._fast_list(folder_id, changed_since, uid_range)
         query = select(
             Message.id, Message.uid, Message.flags, Message.internal_date, Message.size, Message.modseq
         ).where(Message.folder_id == folder_id)
@@ -1377,9 +1380,6 @@ class MailStore:
             query = query.where(condition)
         if uid_range is not None:
             query = query.where(Message.uid.between(uid_range[0], uid_range[1]))
-        if self._fast is not None and uids is None:
-            with contextlib.suppress(SqliteBusy):
-                return self._fast_list(folder_id, changed_since, uid_range)
         async with self._read() as session:
             rows = (await session.execute(query.order_by(Message.uid))).all()
         if keep is not None:
@@ -1398,12 +1398,12 @@ class MailStore:
 
     async def folder_index(self, folder_id: int) -> FolderIndex:
         """SELECT's data in a few aggregate queries: UIDs, highest modseq, first unseen, keywords."""
-        folder_q = select(Folder.highestmodseq).where(Folder.id == folder_id)
-        in_folder = Message.folder_id == folder_id
         fast = self._fast_index(folder_id) if self._fast is not None else None
         if fast is not None:
             highest, uids, top, flag_sets = fast
         else:
+            folder_q = select(Folder.highestmodseq).where(Folder.id == folder_id)
+            in_folder = Message.folder_id == folder_id
             async with self._read() as session:
                 stored = await session.scalar(folder_q)
                 if stored is None:
@@ -1443,15 +1443,15 @@ class MailStore:
     ) -> list[tuple[int, str, int]]:
         """(uid, flags as stored: space-separated, modseq) of at most `limit` messages with
         `first_uid <= uid <= last_uid`, in UID order: FETCH FLAGS without a row object per message."""
+        if self._fast is not None:
+            with contextlib.suppress(SqliteBusy):
+                since = -1 if changed_since is None else changed_since
+                return self._fast.rows(_FAST_FLAG_ROWS, (folder_id, first_uid, last_uid, since, limit))
         query = select(Message.uid, Message.flags, Message.modseq).where(
             Message.folder_id == folder_id, Message.uid.between(first_uid, last_uid)
         )
         if changed_since is not None:
             query = query.where(Message.modseq > changed_since)
-        if self._fast is not None:
-            with contextlib.suppress(SqliteBusy):
-                since = -1 if changed_since is None else changed_since
-                return self._fast.rows(_FAST_FLAG_ROWS, (folder_id, first_uid, last_uid, since, limit))
         async with self._read() as session:
             result = await session.execute(query.order_by(Message.uid).limit(limit))
             return [(int(u), f, int(m)) for u, f, m in result.all()]

@@ -445,6 +445,7 @@ class MailStore:
         *,
         changes: ChangeHub | None = None,
         tombstones: TombstonePolicy | None = None,
+        direct_reads: bool = True,
     ) -> None:
         self._sessions = sessions
         self._tombstone_policy = tombstones if tombstones is not None else TombstonePolicy()
@@ -457,7 +458,8 @@ class MailStore:
         self._sqlite_writer = asyncio.Lock()
         # SQLite: the hot IMAP reads run on the event loop on their own read-only connection
         # (`store.sqlitereads`); PostgreSQL and in-memory databases keep the async path.
-        path = sqlite_file_of(sessions)
+        # `direct_reads=False` keeps every read on the async path (tests compare the two).
+        path = sqlite_file_of(sessions) if direct_reads else None
         self._fast: SqliteReader | None = SqliteReader(path) if path is not None else None
 
     def close_readers(self) -> None:
@@ -1652,18 +1654,6 @@ class MailStore:
         if not message_ids:
             return {}
         inline = isinstance(self._bodies, DatabaseBodyStorage)
-        columns = [
-            Message.id,
-            Message.body_id,
-            Message.wrapped_body_key,
-            Mailbox.id,
-            Mailbox.wrapped_data_key,
-        ]
-        query = select(*columns).join(Mailbox, Mailbox.id == Message.mailbox_id)
-        if inline:
-            query = query.add_columns(MessageBody.ciphertext).join(
-                MessageBody, MessageBody.id == Message.body_id
-            )
         out: dict[int, bytes] = {}
         data_keys: dict[int, bytes] = {}
         if inline and self._fast is not None and len(message_ids) <= _IN_LIMIT:
@@ -1687,6 +1677,18 @@ class MailStore:
                     else:
                         out[int(mid)] = decrypt_body(content_key, ciphertext, aad)
                 return out
+        columns = [
+            Message.id,
+            Message.body_id,
+            Message.wrapped_body_key,
+            Mailbox.id,
+            Mailbox.wrapped_data_key,
+        ]
+        query = select(*columns).join(Mailbox, Mailbox.id == Message.mailbox_id)
+        if inline:
+            query = query.add_columns(MessageBody.ciphertext).join(
+                MessageBody, MessageBody.id == Message.body_id
+            )
         async with self._read() as session:
             rows = (await session.execute(query.where(Message.id.in_(list(message_ids))))).all()
             for row in rows:
@@ -1718,25 +1720,25 @@ class MailStore:
         Messages that cannot be summarised are left out: the caller falls back to the body."""
         if not message_ids:
             return {}
-        column = MessageSummary.search if part == "search" else MessageSummary.summary
-        query = (
-            select(
-                Message.id,
-                Message.body_id,
-                Message.wrapped_body_key,
-                Message.mailbox_id,
-                column,
-                MessageSummary.version,
-            )
-            .outerjoin(MessageSummary, MessageSummary.body_id == Message.body_id)
-            .where(Message.id.in_(list(message_ids)))
-        )
         out: dict[int, bytes] = {}
         missing: list[int] = []
         fast = self._fast_summaries(message_ids, part) if self._fast is not None else None
         if fast is not None:
             rows, wrapped_data = fast
         else:
+            column = MessageSummary.search if part == "search" else MessageSummary.summary
+            query = (
+                select(
+                    Message.id,
+                    Message.body_id,
+                    Message.wrapped_body_key,
+                    Message.mailbox_id,
+                    column,
+                    MessageSummary.version,
+                )
+                .outerjoin(MessageSummary, MessageSummary.body_id == Message.body_id)
+                .where(Message.id.in_(list(message_ids)))
+            )
             async with self._read() as session:
                 rows = list((await session.execute(query)).all())
                 mailbox_ids = {int(r[3]) for r in rows}

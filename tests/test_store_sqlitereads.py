@@ -70,6 +70,8 @@ async def _everything(store: MailStore, folder_id: int, since: int) -> dict[str,
         "summaries": await store.read_summaries(ids, "summary"),
         "search": await store.read_summaries(ids, "search"),
         "bodies": await store.read_message_bodies([*ids, 999_999]),
+        "usage": await store.mailbox_usage(A),
+        "no usage": await store.mailbox_usage("nobody@hopital.test"),
     }
 
 
@@ -94,6 +96,7 @@ async def test_direct_reads_answer_like_the_async_path(
     assert fast["stats"].messages == 5 and fast["stats"].unseen == 3
     assert fast["bodies"][fast["list"][0].message_id] == raw(0)
     assert fast["list"][0].internal_date.tzinfo is not None
+    assert fast["usage"] == sum(m.size for m in fast["list"]) > 0 and fast["no usage"] == 0
     with pytest.raises(FolderNotFound):
         await direct.folder_index(999_999)
     with pytest.raises(FolderNotFound):

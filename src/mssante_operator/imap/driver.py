@@ -30,6 +30,10 @@ class DriverConfig:
     idle_timeout: float = 30 * 60.0
     read_size: int = 64 * 1024
     write_high_water: int = 256 * 1024  # drain only when this much is queued
+    #: Response lines are gathered and handed to the transport together, up to this many bytes:
+    #: over TLS every `write` is one record and one send() system call, and a 20-message FETCH
+    #: is 21 lines.
+    write_batch: int = 64 * 1024
 
 
 async def serve_connection(
@@ -64,12 +68,25 @@ async def serve_connection(
             if not data:
                 return
             session.feed(data)
+            batch: list[bytes] = []
+            batched = 0
             async for out in session.process():
                 if isinstance(out, bytes):
-                    writer.write(out)
+                    batch.append(out)
+                    batched += len(out)
+                    if batched < cfg.write_batch:
+                        continue
+                    writer.write(b"".join(batch) if len(batch) > 1 else batch[0])
+                    batch.clear()
+                    batched = 0
                     if writer.transport.get_write_buffer_size() > cfg.write_high_water:
                         await writer.drain()
-                elif isinstance(out, UpgradeTLS):
+                    continue
+                if batch:
+                    writer.write(b"".join(batch))
+                    batch.clear()
+                    batched = 0
+                if isinstance(out, UpgradeTLS):
                     await writer.drain()
                     if tls_context is None:  # pragma: no cover - STARTTLS is only offered with a context
                         return
@@ -81,6 +98,8 @@ async def serve_connection(
                     session.tls_started(info)
                 elif isinstance(out, CloseConnection):
                     return
+            if batch:
+                writer.write(b"".join(batch))
             await writer.drain()
             if session.state is State.LOGOUT:
                 return

@@ -13,6 +13,7 @@ import base64
 import binascii
 import dataclasses
 import quopri
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -102,6 +103,17 @@ def parse_message(raw: bytes) -> Part:
     return _parse(raw, 0, len(raw), ("TEXT", "PLAIN"), is_message=True, depth=0)
 
 
+_FIELD_NAME = re.compile(rb"[\x21-\x7e]+")  # RFC 5322 2.2: printable US-ASCII but ":"
+
+
+def parse_header(raw: bytes) -> Part:
+    """The message with only its top-level header parsed (no MIME tree): enough for
+    BODY[HEADER], BODY[HEADER.FIELDS (...)] and RFC822.HEADER, which a client's message list asks
+    for on every message it shows."""
+    headers, body_start = _parse_headers(raw, 0, len(raw))
+    return Part(raw, 0, body_start, len(raw), headers, "TEXT", "PLAIN", is_message=True)
+
+
 def _parse_headers(raw: bytes, start: int, end: int) -> tuple[list[Header], int]:
     headers: list[Header] = []
     pos = start
@@ -119,7 +131,7 @@ def _parse_headers(raw: bytes, start: int, end: int) -> tuple[list[Header], int]
             colon = raw.find(b":", pos, line_end)
             if colon > pos:
                 name = raw[pos:colon].rstrip(b" \t")
-                if name and all(0x21 <= b <= 0x7E for b in name):
+                if _FIELD_NAME.fullmatch(name):
                     headers.append(Header(name.decode("ascii"), pos, colon + 1, line_end))
         pos = line_end
     return headers, end

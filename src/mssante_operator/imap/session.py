@@ -1279,12 +1279,22 @@ def _fetch_items(
     raw = row.content or b""
     summary = row.summary
     parsed: mime.Part | None = None
+    header: mime.Part | None = None
 
     def part() -> mime.Part:
         nonlocal parsed
         if parsed is None:
             parsed = mime.parse_message(raw)
         return parsed
+
+    def top_header() -> mime.Part:
+        # Top-level header sections need the header lines only, not the MIME tree.
+        nonlocal header
+        if parsed is not None:
+            return parsed
+        if header is None:
+            header = mime.parse_header(raw)
+        return header
 
     for att in atts:
         name = att.name
@@ -1309,12 +1319,22 @@ def _fetch_items(
         elif name == "RFC822":
             value = _blob(raw)
         elif name == "RFC822.HEADER":
-            value = _blob(part().header_bytes)
+            value = _blob(top_header().header_bytes)
         elif name == "RFC822.TEXT":
             value = _blob(part().body)
         elif name == "BODY":
-            assert att.section is not None
-            data = mime.section_bytes(part(), att.section)
+            section = att.section
+            assert section is not None
+            if section.part:
+                data = mime.section_bytes(part(), section)
+            elif section.text is None:  # BODY[]: the message as stored, nothing to parse
+                data = raw
+            elif section.text == "MIME":
+                data = None
+            elif section.text == "TEXT":
+                data = part().body
+            else:
+                data = mime.section_bytes(top_header(), section)
             if data is not None and att.partial is not None:
                 data = mime.partial(data, *att.partial)
             value = None if data is None else _blob(data)

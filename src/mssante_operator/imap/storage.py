@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import struct
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -389,15 +390,23 @@ class StoreBackend:
                         update = await self.store.update_flags(folder_id, unseen, ["\\Seen"], FlagMode.ADD)
                         changed = {m.uid: m for m in update.changed}
                 summaries: dict[int, Summary] = {}
+                headers: dict[int, bytes] = {}
                 if (request.summary or request.content == "header") and rows:
                     plain = await self.store.read_summaries([m.message_id for m in rows], "summary")
-                    summaries = {mid: decode_summary(data) for mid, data in plain.items()}
+                    if request.summary:
+                        summaries = {mid: decode_summary(data) for mid, data in plain.items()}
+                    else:  # BODY[HEADER.FIELDS ...] alone: the header block, no JSON to decode
+                        headers = {mid: _summary_header(data) for mid, data in plain.items()}
                 # Bodies only for content, or where no summary could be made (parsed as before).
                 need_body = [
                     m.message_id
                     for m in rows
                     if request.content == "full"
-                    or ((request.summary or request.content == "header") and m.message_id not in summaries)
+                    or (
+                        (request.summary or request.content == "header")
+                        and m.message_id not in summaries
+                        and m.message_id not in headers
+                    )
                 ]
                 bodies = await self.store.read_message_bodies(need_body) if need_body else {}
             for info in rows:
@@ -411,6 +420,8 @@ class StoreBackend:
                 elif request.content == "header":
                     if summary is not None:
                         content = summary.header
+                    elif info.message_id in headers:
+                        content = headers[info.message_id]
                     elif raw is None:
                         continue
                     else:
@@ -680,6 +691,13 @@ def sql_filter(key: SearchKey) -> tuple[MessageFilter, SearchKey | None]:
     elif residual:
         rest = SearchAnd(tuple(residual))
     return where, rest
+
+
+def _summary_header(data: bytes) -> bytes:
+    """The header block of a summary part (`imap.summary.summarize`: a 4-byte length, that much
+    JSON, then the header block) without decoding the JSON."""
+    (length,) = struct.unpack_from(">I", data)
+    return data[4 + length :]
 
 
 def _header_block(raw: bytes) -> bytes:

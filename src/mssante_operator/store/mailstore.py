@@ -10,6 +10,7 @@ consistent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -71,6 +72,7 @@ from mssante_operator.store.models import (
     QueueRecipient,
 )
 from mssante_operator.store.notify import ChangeHub, ChangeKind, MailboxChange
+from mssante_operator.store.sqlitereads import SqliteBusy, SqliteReader, sqlite_file_of
 from mssante_operator.store.summaries import VERSION as SUMMARY_VERSION
 from mssante_operator.store.summaries import Part as SummaryPart
 from mssante_operator.store.summaries import (
@@ -347,6 +349,63 @@ class MessageFilter:
 #: (`STORE 1:*` on a 100,000-message folder) become a BETWEEN filtered in Python, id lists chunks.
 _IN_LIMIT = 5000
 
+# The direct SQLite reads (`store.sqlitereads`), in the tables' own terms.
+_MAX_UID = 2**63 - 1
+_FAST_GET_FOLDER = (
+    "SELECT f.id, f.mailbox_id, f.name, f.special_use, f.subscribed, f.uidvalidity, f.uidnext,"
+    " f.highestmodseq, f.tombstone_floor, f.created_at"
+    " FROM folders f JOIN mailboxes m ON m.id = f.mailbox_id WHERE m.address = ? AND f.name = ?"
+)
+_FAST_FOLDER_STATS = (
+    "SELECT f.id, f.name, f.special_use, f.uidvalidity, f.uidnext, f.highestmodseq,"
+    " count(m.id), sum(CASE WHEN m.id IS NULL THEN 0"
+    " WHEN instr(m.flags, '\\Seen') > 0 THEN 0 ELSE 1 END), sum(m.size)"
+    " FROM folders f LEFT OUTER JOIN messages m ON m.folder_id = f.id WHERE f.id = ? GROUP BY f.id"
+)
+_FAST_LIST = (
+    "SELECT id, uid, flags, internal_date, size, modseq FROM messages"
+    " WHERE folder_id = ? AND uid BETWEEN ? AND ? AND modseq > ? ORDER BY uid"
+)
+_FAST_UIDS = "SELECT uid FROM messages WHERE folder_id = ? ORDER BY uid"
+_FAST_FLAG_SETS = "SELECT flags, count(*), min(uid) FROM messages WHERE folder_id = ? GROUP BY flags"
+_FAST_FLAG_ROWS = (
+    "SELECT uid, flags, modseq FROM messages"
+    " WHERE folder_id = ? AND uid BETWEEN ? AND ? AND modseq > ? ORDER BY uid LIMIT ?"
+)
+_FAST_SUMMARIES = (
+    "SELECT m.id, m.body_id, m.wrapped_body_key, m.mailbox_id, s.{column}, s.version"
+    " FROM messages m LEFT OUTER JOIN message_summaries s ON s.body_id = m.body_id"
+    " WHERE m.id IN ({marks})"
+)
+_FAST_BODIES = (
+    "SELECT m.id, m.body_id, m.wrapped_body_key, x.id, x.wrapped_data_key, b.ciphertext"
+    " FROM messages m JOIN mailboxes x ON x.id = m.mailbox_id JOIN message_bodies b ON b.id = m.body_id"
+    " WHERE m.id IN ({marks})"
+)
+
+
+def _sqlite_time(text: str | None) -> datetime:
+    """A DateTime column as SQLAlchemy stores it in SQLite ('YYYY-MM-DD HH:MM:SS.ffffff', UTC)."""
+    if text is None:
+        raise ValueError("missing timestamp")
+    return _aware(datetime.fromisoformat(text))
+
+
+def _folder_from_row(row: Sequence[Any]) -> Folder:
+    fid, mailbox_id, name, special_use, subscribed, uidvalidity, uidnext, highest, floor, created = row
+    return Folder(
+        id=fid,
+        mailbox_id=mailbox_id,
+        name=name,
+        special_use=special_use,
+        subscribed=bool(subscribed),
+        uidvalidity=uidvalidity,
+        uidnext=uidnext,
+        highestmodseq=highest,
+        tombstone_floor=floor,
+        created_at=_sqlite_time(created) if created is not None else None,
+    )
+
 
 def _uid_in(uids: Sequence[int]) -> tuple[Any, set[int] | None]:
     """A condition selecting at least `uids`, and the set rows must be filtered by (None: exact)."""
@@ -467,6 +526,7 @@ class MailStore:
         *,
         changes: ChangeHub | None = None,
         tombstones: TombstonePolicy | None = None,
+        direct_reads: bool = True,
     ) -> None:
         self._sessions = sessions
         self._tombstone_policy = tombstones if tombstones is not None else TombstonePolicy()
@@ -481,6 +541,16 @@ class MailStore:
         # IMAP writes (STORE, EXPUNGE, COPY/MOVE, APPEND) are group-committed (`_batcher`).
         self._batch_writer: WriteBatcher | None = None
         self._batching = True
+        # SQLite: the hot IMAP reads run on the event loop on their own read-only connection
+        # (`store.sqlitereads`); PostgreSQL and in-memory databases keep the async path.
+        # `direct_reads=False` keeps every read on the async path (tests compare the two).
+        path = sqlite_file_of(sessions) if direct_reads else None
+        self._fast: SqliteReader | None = SqliteReader(path) if path is not None else None
+
+    def close_readers(self) -> None:
+        """Close the direct SQLite read connection (reopened on the next read if needed)."""
+        if self._fast is not None:
+            self._fast.close()
 
     @property
     def body_storage(self) -> BodyStorage:
@@ -771,6 +841,14 @@ class MailStore:
     async def mailbox_usage(self, address: str) -> int:
         """Bytes used by the mailbox's messages (what its quota is measured against)."""
         addr = normalize_address(address)
+        if self._fast is not None:  # APPEND's quota check: a sum over the mailbox, on the loop
+            with contextlib.suppress(SqliteBusy):
+                row = self._fast.one(
+                    "SELECT coalesce(sum(m.size), 0) FROM messages m JOIN mailboxes x"
+                    " ON x.id = m.mailbox_id WHERE x.address = ?",
+                    (addr,),
+                )
+                return int(row[0]) if row is not None else 0
         async with self._read() as session:
             used = await session.scalar(
                 select(func.coalesce(func.sum(Message.size), 0))
@@ -1292,6 +1370,11 @@ class MailStore:
     async def get_folder(self, address: str, name: str) -> Folder:
         """A folder of a mailbox by IMAP name; raise FolderNotFound."""
         wanted = folder_name(name)
+        if self._fast is not None:
+            with contextlib.suppress(SqliteBusy):
+                row = self._fast.one(_FAST_GET_FOLDER, (normalize_address(address), wanted))
+                if row is not None:  # else: let the async path tell which of the two is missing
+                    return _folder_from_row(row)
         async with self._read() as session:
             mailbox_id = await self._mailbox_id(session, address)
             folder = await session.scalar(
@@ -1303,6 +1386,23 @@ class MailStore:
 
     async def folder_stats(self, folder_id: int) -> FolderStats:
         """Counts and IMAP state (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ) of one folder."""
+        if self._fast is not None:
+            with contextlib.suppress(SqliteBusy):
+                fast = self._fast.one(_FAST_FOLDER_STATS, (folder_id,))
+                if fast is None:
+                    raise FolderNotFound(f"folder {folder_id} does not exist")
+                fid, fname, special, validity, uidnext, highestmodseq, count, unseen, size = fast
+                return FolderStats(
+                    fid,
+                    fname,
+                    special,
+                    validity,
+                    uidnext,
+                    highestmodseq,
+                    int(count),
+                    int(unseen or 0),
+                    int(size or 0),
+                )
         seen = Message.flags.contains("\\Seen", autoescape=True)
         async with self._read() as session:
             row = (
@@ -1456,6 +1556,9 @@ class MailStore:
     ) -> list[MessageInfo]:
         """Messages of a folder in UID order (optionally only those with modseq > changed_since,
         among `uids`, or with `uid_range[0] <= uid <= uid_range[1]`)."""
+        if self._fast is not None and uids is None:
+            with contextlib.suppress(SqliteBusy):
+                return self._fast_list(folder_id, changed_since, uid_range)
         query = select(
             Message.id, Message.uid, Message.flags, Message.internal_date, Message.size, Message.modseq
         ).where(Message.folder_id == folder_id)
@@ -1485,28 +1588,35 @@ class MailStore:
 
     async def folder_index(self, folder_id: int) -> FolderIndex:
         """SELECT's data in a few aggregate queries: UIDs, highest modseq, first unseen, keywords."""
-        folder_q = select(Folder.highestmodseq).where(Folder.id == folder_id)
-        in_folder = Message.folder_id == folder_id
-        async with self._read() as session:
-            highest = await session.scalar(folder_q)
-            if highest is None:
-                raise FolderNotFound(f"folder {folder_id} does not exist")
-            uids = list(
-                (await session.execute(select(Message.uid).where(in_folder).order_by(Message.uid))).scalars()
-            )
-            top = await session.scalar(select(func.max(Message.modseq)).where(in_folder))
-            # One pass over the folder for everything flag-related: a folder has few distinct
-            # flag sets, and the first unseen UID is the smallest UID of a set without \Seen.
-            flag_sets = [
-                (_flag_tuple(text), int(n), int(first))
-                for text, n, first in (
-                    await session.execute(
-                        select(Message.flags, func.count(), func.min(Message.uid))
-                        .where(in_folder)
-                        .group_by(Message.flags)
-                    )
-                ).all()
-            ]
+        fast = self._fast_index(folder_id) if self._fast is not None else None
+        if fast is not None:
+            highest, uids, top, flag_sets = fast
+        else:
+            folder_q = select(Folder.highestmodseq).where(Folder.id == folder_id)
+            in_folder = Message.folder_id == folder_id
+            async with self._read() as session:
+                stored = await session.scalar(folder_q)
+                if stored is None:
+                    raise FolderNotFound(f"folder {folder_id} does not exist")
+                highest = int(stored)
+                uids = list(
+                    (
+                        await session.execute(select(Message.uid).where(in_folder).order_by(Message.uid))
+                    ).scalars()
+                )
+                top = await session.scalar(select(func.max(Message.modseq)).where(in_folder))
+                # One pass over the folder for everything flag-related: a folder has few distinct
+                # flag sets, and the first unseen UID is the smallest UID of a set without \Seen.
+                flag_sets = [
+                    (_flag_tuple(text), int(n), int(first))
+                    for text, n, first in (
+                        await session.execute(
+                            select(Message.flags, func.count(), func.min(Message.uid))
+                            .where(in_folder)
+                            .group_by(Message.flags)
+                        )
+                    ).all()
+                ]
         keywords = sorted({f for flags, _, _ in flag_sets for f in flags if not f.startswith("\\")})
         deleted = sum(n for flags, n, _ in flag_sets if "\\Deleted" in flags)
         unseen = min((first for flags, _, first in flag_sets if "\\Seen" not in flags), default=None)
@@ -1523,6 +1633,10 @@ class MailStore:
     ) -> list[tuple[int, str, int]]:
         """(uid, flags as stored: space-separated, modseq) of at most `limit` messages with
         `first_uid <= uid <= last_uid`, in UID order: FETCH FLAGS without a row object per message."""
+        if self._fast is not None:
+            with contextlib.suppress(SqliteBusy):
+                since = -1 if changed_since is None else changed_since
+                return self._fast.rows(_FAST_FLAG_ROWS, (folder_id, first_uid, last_uid, since, limit))
         query = select(Message.uid, Message.flags, Message.modseq).where(
             Message.folder_id == folder_id, Message.uid.between(first_uid, last_uid)
         )
@@ -1660,7 +1774,13 @@ class MailStore:
 
         `highestmodseq` is read first, so a change committed meanwhile is reported again next time
         rather than never. If tombstones after `modseq` were pruned, `present` lists the folder's
-        UIDs so the caller can tell what vanished (RFC 7162 3.2.5.2: report every absent UID)."""
+        UIDs so the caller can tell what vanished (RFC 7162 3.2.5.2: report every absent UID).
+
+        Every change raises the folder's HIGHESTMODSEQ (messages' modseqs and tombstones never
+        exceed it): when it has not moved past `modseq`, that one-row read is the whole answer."""
+        if self._fast is not None:
+            with contextlib.suppress(SqliteBusy):
+                return self._fast_changes(folder_id, modseq)
         async with self._read() as session:
             row = (
                 await session.execute(
@@ -1670,6 +1790,8 @@ class MailStore:
             if row is None:
                 raise FolderNotFound(f"folder {folder_id} does not exist")
             highest, floor = row
+            if int(highest) <= modseq:
+                return FolderChanges(int(highest), [], [], None)
             expunged = list(
                 await session.scalars(
                     select(ExpungedMessage.uid)
@@ -1693,6 +1815,12 @@ class MailStore:
         processes poll to notice deliveries they did not make."""
         if not folder_ids:
             return {}
+        if self._fast is not None and len(folder_ids) <= _IN_LIMIT:
+            with contextlib.suppress(SqliteBusy):
+                ids = list(folder_ids)
+                marks = ",".join("?" * len(ids))
+                fast = self._fast.rows(f"SELECT id, highestmodseq FROM folders WHERE id IN ({marks})", ids)
+                return {int(i): int(m) for i, m in fast}
         async with self._read() as session:
             rows = await session.execute(
                 select(Folder.id, Folder.highestmodseq).where(Folder.id.in_(list(folder_ids)))
@@ -1705,6 +1833,29 @@ class MailStore:
         if not message_ids:
             return {}
         inline = isinstance(self._bodies, DatabaseBodyStorage)
+        out: dict[int, bytes] = {}
+        data_keys: dict[int, bytes] = {}
+        if inline and self._fast is not None and len(message_ids) <= _IN_LIMIT:
+            ids = list(message_ids)
+            try:
+                fast_rows = self._fast.rows(_FAST_BODIES.format(marks=",".join("?" * len(ids))), ids)
+            except SqliteBusy:
+                pass
+            else:
+                for mid, body_id, wrapped_body, mailbox_id, wrapped_data, ciphertext in fast_rows:
+                    if mailbox_id not in data_keys:
+                        data_keys[mailbox_id] = self._master.unwrap(wrapped_data)
+                    content_key = unwrap_key(
+                        data_keys[mailbox_id], wrapped_body, what=f"content key of message {mid}"
+                    )
+                    if ciphertext is None:
+                        raise MessageNotFound(f"message body {body_id} has no stored ciphertext")
+                    aad = body_aad(body_id)
+                    if len(ciphertext) > _THREAD_THRESHOLD:
+                        out[int(mid)] = await asyncio.to_thread(decrypt_body, content_key, ciphertext, aad)
+                    else:
+                        out[int(mid)] = decrypt_body(content_key, ciphertext, aad)
+                return out
         columns = [
             Message.id,
             Message.body_id,
@@ -1717,8 +1868,6 @@ class MailStore:
             query = query.add_columns(MessageBody.ciphertext).join(
                 MessageBody, MessageBody.id == Message.body_id
             )
-        out: dict[int, bytes] = {}
-        data_keys: dict[int, bytes] = {}
         async with self._read() as session:
             rows = (await session.execute(query.where(Message.id.in_(list(message_ids))))).all()
             for row in rows:
@@ -1750,35 +1899,41 @@ class MailStore:
         Messages that cannot be summarised are left out: the caller falls back to the body."""
         if not message_ids:
             return {}
-        column = MessageSummary.search if part == "search" else MessageSummary.summary
-        query = (
-            select(
-                Message.id,
-                Message.body_id,
-                Message.wrapped_body_key,
-                Message.mailbox_id,
-                column,
-                MessageSummary.version,
-            )
-            .outerjoin(MessageSummary, MessageSummary.body_id == Message.body_id)
-            .where(Message.id.in_(list(message_ids)))
-        )
         out: dict[int, bytes] = {}
         missing: list[int] = []
-        async with self._read() as session:
-            rows = (await session.execute(query)).all()
-            mailbox_ids = {int(r[3]) for r in rows}
-            wrapped_data = (
-                dict(
-                    (
-                        await session.execute(
-                            select(Mailbox.id, Mailbox.wrapped_data_key).where(Mailbox.id.in_(mailbox_ids))
-                        )
-                    ).all()
+        fast = self._fast_summaries(message_ids, part) if self._fast is not None else None
+        if fast is not None:
+            rows, wrapped_data = fast
+        else:
+            column = MessageSummary.search if part == "search" else MessageSummary.summary
+            query = (
+                select(
+                    Message.id,
+                    Message.body_id,
+                    Message.wrapped_body_key,
+                    Message.mailbox_id,
+                    column,
+                    MessageSummary.version,
                 )
-                if mailbox_ids
-                else {}
+                .outerjoin(MessageSummary, MessageSummary.body_id == Message.body_id)
+                .where(Message.id.in_(list(message_ids)))
             )
+            async with self._read() as session:
+                rows = list((await session.execute(query)).all())
+                mailbox_ids = {int(r[3]) for r in rows}
+                wrapped_data = (
+                    dict(
+                        (
+                            await session.execute(
+                                select(Mailbox.id, Mailbox.wrapped_data_key).where(
+                                    Mailbox.id.in_(mailbox_ids)
+                                )
+                            )
+                        ).all()
+                    )
+                    if mailbox_ids
+                    else {}
+                )
         data_keys = {mid: self._master.unwrap(w) for mid, w in wrapped_data.items()}
         for mid, body_id, wrapped, mailbox_id, blob, version in rows:
             if blob is None or version != SUMMARY_VERSION:
@@ -1816,6 +1971,90 @@ class MailStore:
             except IntegrityError:  # the body went away meanwhile: nothing to keep
                 pass
         return out
+
+    # -- the direct SQLite reads (`store.sqlitereads`): synchronous, on the event loop ----------
+
+    def _fast_list(
+        self, folder_id: int, changed_since: int | None, uid_range: tuple[int, int] | None
+    ) -> list[MessageInfo]:
+        assert self._fast is not None
+        first, last = uid_range if uid_range is not None else (0, _MAX_UID)
+        since = -1 if changed_since is None else changed_since
+        return [
+            MessageInfo(mid, uid, _flag_tuple(flags), _sqlite_time(when), size, modseq)
+            for mid, uid, flags, when, size, modseq in self._fast.rows(
+                _FAST_LIST, (folder_id, first, last, since)
+            )
+        ]
+
+    def _fast_index(
+        self, folder_id: int
+    ) -> tuple[int, list[int], int | None, list[tuple[tuple[str, ...], int, int]]] | None:
+        """folder_index's four reads in one read transaction (None: take the async path)."""
+        assert self._fast is not None
+        fast = self._fast
+        try:
+            with fast.snapshot():
+                row = fast.one("SELECT highestmodseq FROM folders WHERE id = ?", (folder_id,))
+                if row is None:
+                    raise FolderNotFound(f"folder {folder_id} does not exist")
+                uids = [u for (u,) in fast.rows(_FAST_UIDS, (folder_id,))]
+                top = fast.one("SELECT max(modseq) FROM messages WHERE folder_id = ?", (folder_id,))
+                flag_sets = [
+                    (_flag_tuple(text), int(n), int(first))
+                    for text, n, first in fast.rows(_FAST_FLAG_SETS, (folder_id,))
+                ]
+        except SqliteBusy:
+            return None
+        return int(row[0]), uids, top[0] if top is not None else None, flag_sets
+
+    def _fast_changes(self, folder_id: int, modseq: int) -> FolderChanges:
+        assert self._fast is not None
+        fast = self._fast
+        with fast.snapshot():
+            row = fast.one("SELECT highestmodseq, tombstone_floor FROM folders WHERE id = ?", (folder_id,))
+            if row is None:
+                raise FolderNotFound(f"folder {folder_id} does not exist")
+            highest, floor = int(row[0]), int(row[1] or 0)
+            if highest <= modseq:
+                return FolderChanges(highest, [], [], None)
+            expunged = [
+                u
+                for (u,) in fast.rows(
+                    "SELECT uid FROM expunged_messages WHERE folder_id = ? AND modseq > ? ORDER BY uid",
+                    (folder_id, modseq),
+                )
+            ]
+            present = [u for (u,) in fast.rows(_FAST_UIDS, (folder_id,))] if modseq < floor else None
+            changed = self._fast_list(folder_id, modseq, None)
+        return FolderChanges(highest, expunged, changed, present)
+
+    def _fast_summaries(
+        self, message_ids: Sequence[int], part: SummaryPart
+    ) -> tuple[list[Any], dict[int, bytes]] | None:
+        assert self._fast is not None
+        if len(message_ids) > _IN_LIMIT:
+            return None
+        ids = list(message_ids)
+        column = "search" if part == "search" else "summary"
+        try:
+            with self._fast.snapshot():
+                rows = self._fast.rows(
+                    _FAST_SUMMARIES.format(column=column, marks=",".join("?" * len(ids))), ids
+                )
+                mailbox_ids = sorted({int(r[3]) for r in rows})
+                wrapped = (
+                    self._fast.rows(
+                        "SELECT id, wrapped_data_key FROM mailboxes WHERE id IN "
+                        f"({','.join('?' * len(mailbox_ids))})",
+                        mailbox_ids,
+                    )
+                    if mailbox_ids
+                    else []
+                )
+        except SqliteBusy:
+            return None
+        return rows, {int(i): bytes(w) for i, w in wrapped}
 
     async def set_folder_subscribed(self, address: str, name: str, subscribed: bool) -> None:
         """IMAP SUBSCRIBE / UNSUBSCRIBE."""

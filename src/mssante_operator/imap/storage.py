@@ -469,46 +469,62 @@ class StoreBackend:
             return SearchHits([u for u, _ in found], max((m for _, m in found), default=None))
         key = rest
         needed = imap_search.content_needed(key)
-        if needed in ("none", "full"):
-            with _store_errors():
-                rows = await self.store.search_messages(folder_id, where)
-            candidates: list[tuple[MessageInfo, bytes | None]] = [(m, None) for m in rows]
-        else:
-            # Header keys: the encrypted summaries come with the metadata, in one query.
-            with _store_errors():
-                candidates = await self.store.search_summaries(
-                    folder_id, where, "search" if needed == "summary" else "summary"
-                )
-                lazy = [m.message_id for m, plain in candidates if plain is None]
-                if lazy:  # bodies stored before summaries existed: summarised once, now
-                    done = await self.store.read_summaries(
-                        lazy, "search" if needed == "summary" else "summary"
-                    )
-                    candidates = [
-                        (m, plain if plain is not None else done.get(m.message_id)) for m, plain in candidates
-                    ]
-        max_uid = candidates[-1][0].uid if candidates else 0
+        if needed in ("summary", "header"):
+            return await self._search_summaries(folder_id, where, key, needed)
+        with _store_errors():
+            rows = await self.store.search_messages(folder_id, where)
+        max_uid = rows[-1].uid if rows else 0
         hits: list[MessageInfo] = []
-        step = BATCH if needed == "full" else len(candidates) or 1
-        for start in range(0, len(candidates), step):
-            batch = candidates[start : start + step]
+        step = BATCH if needed == "full" else len(rows) or 1
+        for start in range(0, len(rows), step):
+            batch = rows[start : start + step]
             bodies: dict[int, bytes] = {}
-            missing = [m.message_id for m, plain in batch if plain is None] if needed != "none" else []
-            if missing:
-                # Text keys (or a message that cannot be summarised): the decrypted message.
+            if needed == "full":
+                # Text keys: the decrypted message.
                 with _store_errors():
-                    bodies = await self.store.read_message_bodies(missing)
-            for info, plain in batch:
-                if plain is None:
-                    msg = _search_message(info, bodies.get(info.message_id, b""), None)
-                elif needed == "summary":
-                    msg = _search_message(info, b"", None)
-                    msg.fields = decode_search(plain)
-                else:
-                    msg = _search_message(info, decode_summary(plain).header, None)
+                    bodies = await self.store.read_message_bodies([m.message_id for m in batch])
+            for info in batch:
+                msg = _search_message(info, bodies.get(info.message_id, b""), None)
                 if imap_search.matches(key, msg, max_uid=max_uid, count=0):
                     hits.append(info)
         return SearchHits([m.uid for m in hits], max((m.modseq for m in hits), default=None))
+
+    async def _search_summaries(
+        self, folder_id: int, where: MessageFilter, key: SearchKey, needed: str
+    ) -> SearchHits:
+        """Header keys: each candidate's search summary (or, for headers it does not hold, the
+        summary's header block) comes decrypted with its metadata in one query; the store's
+        summary cache makes a repeated search over a large folder cost no decryption."""
+        part: Literal["search", "summary"] = "search" if needed == "summary" else "summary"
+        with _store_errors():
+            rows = await self.store.search_summaries(folder_id, where, part)
+            lazy = [r[5] for r in rows if r[6] is None]
+            done: dict[int, bytes] = {}
+            bodies: dict[int, bytes] = {}
+            if lazy:  # bodies stored before summaries existed: summarised once, now
+                done = await self.store.read_summaries(lazy, part)
+                unsummarisable = [mid for mid in lazy if mid not in done]
+                if unsummarisable:  # parsed from the decrypted message, as before summaries
+                    bodies = await self.store.read_message_bodies(unsummarisable)
+        max_uid = rows[-1][0] if rows else 0
+        hits: list[int] = []
+        top: int | None = None
+        matches = imap_search.matches
+        message = imap_search.SearchMessage
+        for uid, modseq, flags, when, size, mid, plain in rows:
+            if plain is None:
+                plain = done.get(mid)
+            msg = message(uid, frozenset(flags.split()), modseq, size, when)
+            if plain is None:
+                msg.raw = bodies.get(mid, b"")
+            elif part == "search":
+                msg.fields = decode_search(plain)
+            else:
+                msg.raw = decode_summary(plain).header
+            if matches(key, msg, max_uid=max_uid, count=0):
+                hits.append(uid)
+                top = modseq if top is None or modseq > top else top
+        return SearchHits(hits, top)
 
     async def store_flags(
         self,

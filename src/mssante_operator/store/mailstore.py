@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mssante_operator.addresses import normalize_address, normalize_domain
 from mssante_operator.config.models import MailboxType, StoreSettings
+from mssante_operator.imap.summary import READABLE_VERSIONS as SUMMARY_VERSIONS
 from mssante_operator.ops.logging import get_logger
 from mssante_operator.store.bodies import BodyStorage, DatabaseBodyStorage, body_aad
 from mssante_operator.store.crypto import (
@@ -62,7 +63,6 @@ from mssante_operator.store.models import (
     QueueRecipient,
 )
 from mssante_operator.store.notify import ChangeHub, ChangeKind, MailboxChange
-from mssante_operator.store.summaries import VERSION as SUMMARY_VERSION
 from mssante_operator.store.summaries import Part as SummaryPart
 from mssante_operator.store.summaries import (
     add_summary,
@@ -72,10 +72,13 @@ from mssante_operator.store.summaries import (
     summary_aad,
     summary_row,
 )
+from mssante_operator.store.summary_cache import SummaryCache, tag_of
 
 log = get_logger(__name__)
 
 INBOX = "INBOX"
+#: Default bound of `MailStore.summary_cache` (config `store.summary_cache_mb`).
+DEFAULT_SUMMARY_CACHE_BYTES = 128 * 2**20
 _MAILBOX_STATUS = select(Mailbox.__table__.c.status).where(
     Mailbox.__table__.c.address == bindparam("address")
 )
@@ -248,6 +251,11 @@ class FolderIndex:
     deleted: int = 0  # messages flagged \\Deleted
 
 
+#: `MailStore.search_summaries` rows: uid, modseq, flags (space-separated, as stored), internal
+#: date, size, message id, decrypted summary part (None: not summarised yet).
+SummaryRow = tuple[int, int, str, datetime, int, int, bytes | None]
+
+
 @dataclass(frozen=True)
 class MessageFilter:
     """Conditions a SEARCH can push into SQL (all optional, all ANDed)."""
@@ -386,8 +394,13 @@ class MailStore:
         *,
         changes: ChangeHub | None = None,
         tombstones: TombstonePolicy | None = None,
+        summary_cache: SummaryCache | None = None,
     ) -> None:
         self._sessions = sessions
+        #: Decrypted summary parts shared by every session of this process (`store.summary_cache`).
+        self.summary_cache = (
+            summary_cache if summary_cache is not None else SummaryCache(DEFAULT_SUMMARY_CACHE_BYTES)
+        )
         self._tombstone_policy = tombstones if tombstones is not None else TombstonePolicy()
         self._master = master_key
         self._bodies: BodyStorage = bodies if bodies is not None else DatabaseBodyStorage()
@@ -1092,6 +1105,7 @@ class MailStore:
             )
         for body_id in orphans:
             await self._bodies.delete(session, body_id)
+        self.summary_cache.discard_bodies(set(orphans))  # memory only: the check bytes keep hits exact
         for chunk in _chunks(orphans):
             await session.execute(
                 delete(MessageBody)
@@ -1374,18 +1388,20 @@ class MailStore:
 
     async def search_summaries(
         self, folder_id: int, where: MessageFilter, part: SummaryPart
-    ) -> list[tuple[MessageInfo, bytes | None]]:
-        """`search_messages` with each message's decrypted summary part in the same query (None
-        where the body has no summary yet: `read_summaries` computes those)."""
+    ) -> list[SummaryRow]:
+        """The messages that satisfy `where`, in UID order, each with its decrypted summary part,
+        in one query: (uid, modseq, flags as stored, internal date, size, message id, plaintext or
+        None where the body has no summary yet: `read_summaries` computes those). Plain tuples:
+        a header SEARCH over a large folder goes through every candidate."""
         column = MessageSummary.search if part == "search" else MessageSummary.summary
         query = (
             select(
-                Message.id,
                 Message.uid,
+                Message.modseq,
                 Message.flags,
                 Message.internal_date,
                 Message.size,
-                Message.modseq,
+                Message.id,
                 Message.body_id,
                 Message.wrapped_body_key,
                 column,
@@ -1393,6 +1409,7 @@ class MailStore:
             )
             .outerjoin(MessageSummary, MessageSummary.body_id == Message.body_id)
             .where(*self._filter(folder_id, where))
+            .order_by(Message.uid)
         )
         async with self._read() as session:
             wrapped_data = await session.scalar(
@@ -1402,16 +1419,26 @@ class MailStore:
             )
             if wrapped_data is None:
                 raise FolderNotFound(f"folder {folder_id} does not exist")
-            rows = (await session.execute(query.order_by(Message.uid))).all()
-        data_key = self._master.unwrap(wrapped_data)
-        out: list[tuple[MessageInfo, bytes | None]] = []
-        for mid, uid, flags, when, size, modseq, body_id, wrapped, blob, version in rows:
-            info = MessageInfo(int(mid), int(uid), _flag_tuple(flags), _aware(when), int(size), int(modseq))
+            # Core, not ORM: no ORM result processing per row.
+            rows = (await (await session.connection()).execute(query)).all()
+        data_key: bytes | None = None
+        cache = self.summary_cache
+        out: list[SummaryRow] = []
+        append = out.append
+        for uid, modseq, flags, when, size, mid, body_id, wrapped, blob, version in rows:
             plain: bytes | None = None
-            if blob is not None and version == SUMMARY_VERSION:
-                content_key = unwrap_key(data_key, wrapped, what="content key of a message")
-                plain = decrypt_body(content_key, blob, summary_aad(body_id, part))
-            out.append((info, plain))
+            if blob is not None and version in SUMMARY_VERSIONS:
+                tag = tag_of(blob)
+                plain = cache.get(part, body_id, wrapped, tag)
+                if plain is None:
+                    if data_key is None:
+                        data_key = self._master.unwrap(wrapped_data)
+                    content_key = unwrap_key(data_key, wrapped, what="content key of a message")
+                    plain = decrypt_body(content_key, blob, summary_aad(body_id, part))
+                    cache.put(part, body_id, wrapped, tag, plain)
+            # The internal date stays as the driver gives it (naive UTC on SQLite): SEARCH only
+            # takes its UTC day, as `_aware` would give it.
+            append((uid, modseq, flags, when, size, mid, plain))
         return out
 
     def _filter(self, folder_id: int, where: MessageFilter) -> list[Any]:
@@ -1608,13 +1635,21 @@ class MailStore:
                 if mailbox_ids
                 else {}
             )
-        data_keys = {mid: self._master.unwrap(w) for mid, w in wrapped_data.items()}
+        data_keys: dict[int, bytes] = {}
+        cache = self.summary_cache
         for mid, body_id, wrapped, mailbox_id, blob, version in rows:
-            if blob is None or version != SUMMARY_VERSION:
+            if blob is None or version not in SUMMARY_VERSIONS:
                 missing.append(int(mid))
                 continue
-            content_key = unwrap_key(data_keys[mailbox_id], wrapped, what="content key of a message")
-            out[int(mid)] = decrypt_body(content_key, blob, summary_aad(body_id, part))
+            tag = tag_of(blob)
+            plain = cache.get(part, body_id, wrapped, tag)
+            if plain is None:
+                if mailbox_id not in data_keys:
+                    data_keys[mailbox_id] = self._master.unwrap(wrapped_data[mailbox_id])
+                content_key = unwrap_key(data_keys[mailbox_id], wrapped, what="content key of a message")
+                plain = decrypt_body(content_key, blob, summary_aad(body_id, part))
+                cache.put(part, body_id, wrapped, tag, plain)
+            out[int(mid)] = plain
         if missing:
             out.update(await self._summarize_missing(missing, part))
         return out
@@ -1891,4 +1926,5 @@ def build_mailstore(
             max_age=timedelta(days=settings.tombstone_max_age_days),
             max_per_folder=settings.tombstone_max_per_folder,
         ),
+        summary_cache=SummaryCache(settings.summary_cache_mb * 2**20),
     )

@@ -33,8 +33,9 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from mssante_operator.addresses import normalize_address, normalize_domain
 from mssante_operator.config.models import MailboxType, StoreSettings
@@ -340,6 +341,24 @@ class ImportBatch:
 def _aware(value: datetime) -> datetime:
     # SQLite hands back naive datetimes for timezone-aware columns; every stored time is UTC.
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+async def _folder_uids(conn: AsyncConnection, folder_id: int) -> list[int]:
+    """A folder's UIDs, ascending, as one aggregated value instead of one row per message: on a
+    100,000-message folder, rows (ORM or Core) cost 3 to 10 times more than the query."""
+    in_folder = Message.folder_id == folder_id
+    if conn.dialect.name == "postgresql":
+        agg = await conn.scalar(
+            select(func.array_agg(aggregate_order_by(Message.uid, Message.uid))).where(in_folder)
+        )
+        return [int(u) for u in agg] if agg else []
+    ordered = select(Message.uid).where(in_folder).order_by(Message.uid).subquery()
+    text_value = await conn.scalar(select(func.group_concat(ordered.c.uid)))
+    if not text_value:
+        return []
+    uids = list(map(int, str(text_value).split(",")))
+    uids.sort()  # the subquery's order is what SQLite follows, not a documented guarantee: O(n) if so
+    return uids
 
 
 def _flag_tuple(text_value: str) -> tuple[str, ...]:
@@ -1318,39 +1337,33 @@ class MailStore:
         ]
 
     async def folder_index(self, folder_id: int) -> FolderIndex:
-        """SELECT's data in a few aggregate queries: UIDs, highest modseq, first unseen, keywords."""
+        """SELECT's data in three queries: the folder's modseq, the UIDs (one column off the
+        (folder_id, uid) index), and one GROUP BY pass for highest modseq, first unseen, keywords."""
         folder_q = select(Folder.highestmodseq).where(Folder.id == folder_id)
         in_folder = Message.folder_id == folder_id
         async with self._read() as session:
             highest = await session.scalar(folder_q)
             if highest is None:
                 raise FolderNotFound(f"folder {folder_id} does not exist")
-            uids = list(
-                (await session.execute(select(Message.uid).where(in_folder).order_by(Message.uid))).scalars()
-            )
-            top = await session.scalar(select(func.max(Message.modseq)).where(in_folder))
+            conn = await session.connection()
+            uids = await _folder_uids(conn, folder_id)
             # One pass over the folder for everything flag-related: a folder has few distinct
             # flag sets, and the first unseen UID is the smallest UID of a set without \Seen.
             flag_sets = [
-                (_flag_tuple(text), int(n), int(first))
-                for text, n, first in (
-                    await session.execute(
-                        select(Message.flags, func.count(), func.min(Message.uid))
+                (_flag_tuple(text), int(n), int(first), int(top))
+                for text, n, first, top in (
+                    await conn.execute(
+                        select(Message.flags, func.count(), func.min(Message.uid), func.max(Message.modseq))
                         .where(in_folder)
                         .group_by(Message.flags)
                     )
                 ).all()
             ]
-        keywords = sorted({f for flags, _, _ in flag_sets for f in flags if not f.startswith("\\")})
-        deleted = sum(n for flags, n, _ in flag_sets if "\\Deleted" in flags)
-        unseen = min((first for flags, _, first in flag_sets if "\\Seen" not in flags), default=None)
-        return FolderIndex(
-            [int(u) for u in uids],
-            max(int(highest), int(top or 0)),
-            unseen,
-            keywords,
-            deleted,
-        )
+        keywords = sorted({f for flags, _, _, _ in flag_sets for f in flags if not f.startswith("\\")})
+        deleted = sum(n for flags, n, _, _ in flag_sets if "\\Deleted" in flags)
+        unseen = min((first for flags, _, first, _ in flag_sets if "\\Seen" not in flags), default=None)
+        top = max((t for _, _, _, t in flag_sets), default=0)
+        return FolderIndex(uids, max(int(highest), top), unseen, keywords, deleted)
 
     async def flag_rows(
         self, folder_id: int, first_uid: int, last_uid: int, *, changed_since: int | None = None, limit: int

@@ -7,9 +7,12 @@
 - the *summary* part: ENVELOPE, BODYSTRUCTURE, BODY and the header block, for FETCH ENVELOPE,
   BODYSTRUCTURE, RFC822.HEADER and BODY[HEADER.FIELDS (...)].
 
-Values are kept as the renderable trees `mime.envelope`/`mime.body_structure` produce, serialised
-as JSON (tuples as lists, `Concat` as {"c": [...]}, strings as bytes via surrogateescape), so the
-session renders them exactly as if it had parsed the message (same quoting, same UTF-8 handling).
+The summary part keeps ENVELOPE, BODYSTRUCTURE and BODY as the response bytes `response.render`
+writes for the trees `mime.envelope`/`mime.body_structure` build (with and without UTF8=ACCEPT:
+`response.Prerendered`), so FETCH copies bytes instead of decoding and rendering trees (~120 µs
+per message before). Version 1 parts kept the trees as JSON (tuples as lists, `Concat` as
+{"c": [...]}, strings as bytes via surrogateescape); they still decode (`decode_summary`) and are
+rewritten in the current layout when read (`upgrade_summary`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ __all__ = [
     "decode_search",
     "decode_summary",
     "summarize",
+    "upgrade_summary",
 ]
 
 #: Bump when the content changes: rows of a version not in `READABLE_VERSIONS` are recomputed
@@ -108,7 +112,10 @@ class Summary:
 
 
 def _prerender(value: Value) -> Prerendered:
-    return Prerendered(render(value, utf8=False), render(value, utf8=True))
+    data = render(value, utf8=False)
+    # Only 8-bit strings render differently with UTF8=ACCEPT (quoted instead of literals), and
+    # without it they are written raw: an ASCII rendering is the UTF-8 one too.
+    return Prerendered(data, data if data.isascii() else render(value, utf8=True))
 
 
 def _encode(value: Value) -> Any:
@@ -156,21 +163,32 @@ def _search_part(part: mime.Part) -> bytes:
 def summarize(raw: bytes) -> tuple[bytes, bytes]:
     """(search part, summary part) of a message, as plaintexts (summary part: `VERSION` 2 layout)."""
     part = mime.parse_message(raw)
-    rendered = [
+    summary = Summary(
         _prerender(mime.envelope(part)),
         _prerender(mime.body_structure(part, extended=True)),
         _prerender(mime.body_structure(part, extended=False)),
-    ]
-    blobs: list[bytes] = []
-    for value in rendered:
-        # The UTF-8 rendering only where it differs (8-bit header text): usually it does not.
-        blobs += [value.data, b"" if value.utf8 == value.data else value.utf8]
-    head = _MAGIC + struct.pack(">6I", *(len(b) for b in blobs))
-    return _search_part(part), head + b"".join(blobs) + part.header_bytes
+        part.header_bytes,
+    )
+    return _search_part(part), _layout(summary)
 
 
 def decode_search(data: bytes) -> SearchFields:
     return SearchFields(data.decode("utf-8"))
+
+
+def _layout(summary: Summary) -> bytes:
+    blobs: list[bytes] = []
+    for value in (summary.envelope, summary.bodystructure, summary.body):
+        # The UTF-8 rendering only where it differs (8-bit header text): usually it does not.
+        blobs += [value.data, b"" if value.utf8 == value.data else value.utf8]
+    return _MAGIC + struct.pack(">6I", *(len(b) for b in blobs)) + b"".join(blobs) + summary.header
+
+
+def upgrade_summary(data: bytes) -> bytes | None:
+    """A summary part of an older layout rewritten as the current one (None if already current)."""
+    if data.startswith(_MAGIC):
+        return None
+    return _layout(decode_summary(data))
 
 
 def decode_summary(data: bytes) -> Summary:

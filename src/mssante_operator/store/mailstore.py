@@ -34,12 +34,14 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import aggregate_order_by
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from mssante_operator.addresses import normalize_address, normalize_domain
 from mssante_operator.config.models import MailboxType, StoreSettings
 from mssante_operator.imap.summary import READABLE_VERSIONS as SUMMARY_VERSIONS
+from mssante_operator.imap.summary import VERSION as SUMMARY_VERSION
+from mssante_operator.imap.summary import upgrade_summary
 from mssante_operator.ops.logging import get_logger
 from mssante_operator.store.bodies import BodyStorage, DatabaseBodyStorage, body_aad
 from mssante_operator.store.crypto import (
@@ -1634,8 +1636,9 @@ class MailStore:
         )
         out: dict[int, bytes] = {}
         missing: list[int] = []
+        upgraded: dict[int, tuple[bytes, bytes]] = {}  # body id -> (content key, version 2 plaintext)
         async with self._read() as session:
-            rows = (await session.execute(query)).all()
+            rows = (await (await session.connection()).execute(query)).all()
             mailbox_ids = {int(r[3]) for r in rows}
             wrapped_data = (
                 dict(
@@ -1661,11 +1664,36 @@ class MailStore:
                     data_keys[mailbox_id] = self._master.unwrap(wrapped_data[mailbox_id])
                 content_key = unwrap_key(data_keys[mailbox_id], wrapped, what="content key of a message")
                 plain = decrypt_body(content_key, blob, summary_aad(body_id, part))
+                if part == "summary" and version != SUMMARY_VERSION:
+                    # An older layout of the same facts: rewritten once from the plaintext (the
+                    # body is not needed), so later FETCHes find response bytes.
+                    newer = upgrade_summary(plain)
+                    if newer is not None:
+                        plain = newer
+                        upgraded[int(body_id)] = (content_key, newer)
                 cache.put(part, body_id, wrapped, tag, plain)
             out[int(mid)] = plain
+        if upgraded:
+            await self._save_upgraded_summaries(upgraded)
         if missing:
             out.update(await self._summarize_missing(missing, part))
         return out
+
+    async def _save_upgraded_summaries(self, upgraded: dict[int, tuple[bytes, bytes]]) -> None:
+        try:
+            async with self._write() as session:
+                for body_id, (content_key, plain) in upgraded.items():
+                    await session.execute(
+                        update(MessageSummary)
+                        .where(MessageSummary.body_id == body_id, MessageSummary.version != SUMMARY_VERSION)
+                        .values(
+                            summary=encrypt_body(content_key, plain, summary_aad(body_id, "summary")),
+                            version=SUMMARY_VERSION,
+                        )
+                        .execution_options(synchronize_session=False)
+                    )
+        except (IntegrityError, OperationalError) as exc:  # a busy store: upgraded another time
+            log.info("summary upgrade deferred", bodies=len(upgraded), error=type(exc).__name__)
 
     async def _summarize_missing(self, message_ids: Sequence[int], part: SummaryPart) -> dict[int, bytes]:
         bodies = await self.read_message_bodies(message_ids)

@@ -375,20 +375,31 @@ class StoreBackend:
             batch = uids[start : start + size]
             wanted = set(batch)
             with _store_errors():
-                rows = await self.store.list_messages(
-                    folder_id, changed_since=request.changedsince, uid_range=(min(batch), max(batch))
-                )
-                rows = [m for m in rows if m.uid in wanted]
+                uid_range = (min(batch), max(batch))
+                summaries: dict[int, Summary] = {}
+                if request.summary or request.content == "header":
+                    # Metadata and decrypted summaries in one query (one round trip, not three).
+                    pairs = await self.store.list_messages_with_summaries(
+                        folder_id, uid_range, changed_since=request.changedsince
+                    )
+                    pairs = [(m, p) for m, p in pairs if m.uid in wanted]
+                    rows = [m for m, _ in pairs]
+                    summaries = {m.message_id: decode_summary(p) for m, p in pairs if p is not None}
+                    lazy = [m.message_id for m in rows if m.message_id not in summaries]
+                    if lazy:  # no summary yet, or an older layout: computed or upgraded now
+                        plain = await self.store.read_summaries(lazy, "summary")
+                        summaries.update((mid, decode_summary(data)) for mid, data in plain.items())
+                else:
+                    rows = await self.store.list_messages(
+                        folder_id, changed_since=request.changedsince, uid_range=uid_range
+                    )
+                    rows = [m for m in rows if m.uid in wanted]
                 changed: dict[int, MessageInfo] = {}
                 if request.mark_seen:
                     unseen = [m.uid for m in rows if "\\Seen" not in m.flags]
                     if unseen:
                         update = await self.store.update_flags(folder_id, unseen, ["\\Seen"], FlagMode.ADD)
                         changed = {m.uid: m for m in update.changed}
-                summaries: dict[int, Summary] = {}
-                if (request.summary or request.content == "header") and rows:
-                    plain = await self.store.read_summaries([m.message_id for m in rows], "summary")
-                    summaries = {mid: decode_summary(data) for mid, data in plain.items()}
                 # Bodies only for content, or where no summary could be made (parsed as before).
                 need_body = [
                     m.message_id

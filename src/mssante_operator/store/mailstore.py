@@ -1338,6 +1338,59 @@ class MailStore:
             for mid, uid, flags, when, size, modseq in rows
         ]
 
+    async def list_messages_with_summaries(
+        self, folder_id: int, uid_range: tuple[int, int], *, changed_since: int | None = None
+    ) -> list[tuple[MessageInfo, bytes | None]]:
+        """`list_messages` over a UID range with each message's decrypted summary part ("summary":
+        ENVELOPE, BODYSTRUCTURE, header block) from the same query, for FETCH: None where the body
+        has no summary of a readable version (`read_summaries` computes, or upgrades, those)."""
+        query = (
+            select(
+                Message.id,
+                Message.uid,
+                Message.flags,
+                Message.internal_date,
+                Message.size,
+                Message.modseq,
+                Message.body_id,
+                Message.wrapped_body_key,
+                MessageSummary.summary,
+                MessageSummary.version,
+            )
+            .outerjoin(MessageSummary, MessageSummary.body_id == Message.body_id)
+            .where(Message.folder_id == folder_id, Message.uid.between(uid_range[0], uid_range[1]))
+            .order_by(Message.uid)
+        )
+        if changed_since is not None:
+            query = query.where(Message.modseq > changed_since)
+        async with self._read() as session:
+            conn = await session.connection()
+            wrapped_data = await conn.scalar(
+                select(Mailbox.wrapped_data_key)
+                .join(Folder, Folder.mailbox_id == Mailbox.id)
+                .where(Folder.id == folder_id)
+            )
+            if wrapped_data is None:
+                raise FolderNotFound(f"folder {folder_id} does not exist")
+            rows = (await conn.execute(query)).all()
+        data_key: bytes | None = None
+        cache = self.summary_cache
+        out: list[tuple[MessageInfo, bytes | None]] = []
+        for mid, uid, flags, when, size, modseq, body_id, wrapped, blob, version in rows:
+            info = MessageInfo(int(mid), int(uid), _flag_tuple(flags), _aware(when), int(size), int(modseq))
+            plain: bytes | None = None
+            if blob is not None and version == SUMMARY_VERSION:  # older layouts: read_summaries
+                tag = tag_of(blob)
+                plain = cache.get("summary", body_id, wrapped, tag)
+                if plain is None:
+                    if data_key is None:
+                        data_key = self._master.unwrap(wrapped_data)
+                    content_key = unwrap_key(data_key, wrapped, what="content key of a message")
+                    plain = decrypt_body(content_key, blob, summary_aad(body_id, "summary"))
+                    cache.put("summary", body_id, wrapped, tag, plain)
+            out.append((info, plain))
+        return out
+
     async def folder_index(self, folder_id: int) -> FolderIndex:
         """SELECT's data in three queries: the folder's modseq, the UIDs (one column off the
         (folder_id, uid) index), and one GROUP BY pass for highest modseq, first unseen, keywords."""

@@ -26,6 +26,7 @@ from mssante_operator.imap.summary import (
     decode_search,
     decode_summary,
     summarize,
+    summary_header,
     upgrade_summary,
 )
 from mssante_operator.store import session_factory
@@ -207,6 +208,11 @@ async def test_search_with_since_and_flags_and_fetch_summaries(store: MailStore)
         (c.SearchHeader("X-Absent", ""), c.SearchFlag("$Label"))
     )  # a header not in SEARCH_FIELDS
     assert list((await be.search(selected.folder_id, key)).uids) == []
+    tagged = await store.store_message(b"X-Labo: Oui\r\n" + mail("labo@x.fr", "m3"), local_recipients=[A])
+    selected = await be.select("INBOX", readonly=True)
+    for _ in range(2):  # the summary's header block (cold, then cached)
+        found = await be.search(selected.folder_id, c.SearchHeader("X-Labo", "oui"))
+        assert list(found.uids) == [tagged.message_ids[A].uid]
 
 
 async def test_version_1_summary_is_read_and_rewritten_as_version_2(store: MailStore) -> None:
@@ -333,7 +339,7 @@ def test_prerendered_summary_equals_the_renderer(text: str) -> None:
     assert upgraded is not None and upgrade_summary(upgraded) is None
     for layout in (summarize(raw)[1], v1, upgraded):
         summary = decode_summary(layout)
-        assert summary.header == part.header_bytes
+        assert summary.header == part.header_bytes == summary_header(layout)
         for name, tree in expected.items():
             value = getattr(summary, name)
             for utf8 in (False, True):

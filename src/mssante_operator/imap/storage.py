@@ -59,7 +59,7 @@ from mssante_operator.imap.commands import (
     SearchSize,
 )
 from mssante_operator.imap.notify import FolderWatcher
-from mssante_operator.imap.summary import Summary, decode_search, decode_summary
+from mssante_operator.imap.summary import Summary, decode_search, decode_summary, summary_header
 from mssante_operator.ops.logging import get_logger
 from mssante_operator.pki.identity import CertificateIdentity
 from mssante_operator.store.mailstore import (
@@ -531,7 +531,7 @@ class StoreBackend:
             elif part == "search":
                 msg.fields = decode_search(plain)
             else:
-                msg.raw = decode_summary(plain).header
+                msg.raw = summary_header(plain)
             if matches(key, msg, max_uid=max_uid, count=0):
                 hits.append(uid)
                 top = modseq if top is None or modseq > top else top

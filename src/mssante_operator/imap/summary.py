@@ -34,6 +34,7 @@ __all__ = [
     "decode_search",
     "decode_summary",
     "summarize",
+    "summary_header",
     "upgrade_summary",
 ]
 
@@ -189,6 +190,14 @@ def upgrade_summary(data: bytes) -> bytes | None:
     if data.startswith(_MAGIC):
         return None
     return _layout(decode_summary(data))
+
+
+def summary_header(data: bytes) -> bytes:
+    """Only the header block of a summary part (either layout): SEARCH on other header fields."""
+    if data.startswith(_MAGIC):
+        return data[len(_MAGIC) + 24 + sum(struct.unpack_from(">6I", data, len(_MAGIC))) :]
+    (length,) = struct.unpack_from(">I", data)
+    return data[4 + length :]
 
 
 def decode_summary(data: bytes) -> Summary:

@@ -55,6 +55,8 @@ from mssante_operator.imap.commands import (
     SearchFlag,
     SearchKey,
     SearchModSeq,
+    SearchNot,
+    SearchOr,
     SearchSet,
     SearchSize,
 )
@@ -508,7 +510,9 @@ class StoreBackend:
         summary cache makes a repeated search over a large folder cost no decryption."""
         part: Literal["search", "summary"] = "search" if needed == "summary" else "summary"
         with _store_errors():
-            rows = await self.store.search_summaries(folder_id, where, part)
+            # Internal dates only if the residual key compares them (SINCE etc. are SQL already).
+            dates = _uses(key, SearchDate)
+            rows = await self.store.search_summaries(folder_id, where, part, dates=dates)
             lazy = [r[5] for r in rows if r[6] is None]
             done: dict[int, bytes] = {}
             bodies: dict[int, bytes] = {}
@@ -521,11 +525,18 @@ class StoreBackend:
         hits: list[int] = []
         top: int | None = None
         matches = imap_search.matches
-        message = imap_search.SearchMessage
+        # One SearchMessage refilled per candidate (the evaluator keeps no reference to it): on a
+        # 100,000-message folder, an object per candidate was a good part of the time (and of the
+        # garbage collector's). Flags are only split when the key looks at them.
+        uses_flags = _uses(key, SearchFlag)
+        no_flags: frozenset[str] = frozenset()
+        msg = imap_search.SearchMessage(0, no_flags, 0, 0, _EPOCH)
         for uid, modseq, flags, when, size, mid, plain in rows:
             if plain is None:
                 plain = done.get(mid)
-            msg = message(uid, frozenset(flags.split()), modseq, size, when)
+            msg.uid, msg.modseq, msg.size, msg.internal_date = uid, modseq, size, when or _EPOCH
+            msg.flags = frozenset(flags.split()) if uses_flags else no_flags
+            msg.raw, msg.fields, msg._parsed = b"", None, None
             if plain is None:
                 msg.raw = bodies.get(mid, b"")
             elif part == "search":
@@ -611,6 +622,22 @@ def _search_message(info: MessageInfo, raw: bytes, seq: int | None) -> imap_sear
     return imap_search.SearchMessage(
         info.uid, frozenset(info.flags), info.modseq, info.size, info.internal_date, raw, seq=seq
     )
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _uses(key: SearchKey, kind: type[SearchKey]) -> bool:
+    """Does the key tree contain a node of this type?"""
+    if isinstance(key, kind):
+        return True
+    if isinstance(key, SearchAnd):
+        return any(_uses(k, kind) for k in key.keys)
+    if isinstance(key, SearchOr):
+        return _uses(key.left, kind) or _uses(key.right, kind)
+    if isinstance(key, SearchNot):
+        return _uses(key.key, kind)
+    return False
 
 
 def _midnight(day: dt.date) -> dt.datetime:

@@ -255,8 +255,8 @@ class FolderIndex:
 
 
 #: `MailStore.search_summaries` rows: uid, modseq, flags (space-separated, as stored), internal
-#: date, size, message id, decrypted summary part (None: not summarised yet).
-SummaryRow = tuple[int, int, str, datetime, int, int, bytes | None]
+#: date (None unless asked for), size, message id, decrypted summary part (None: not summarised yet).
+SummaryRow = tuple[int, int, str, datetime | None, int, int, bytes | None]
 
 
 @dataclass(frozen=True)
@@ -1455,19 +1455,20 @@ class MailStore:
             return [(int(u), int(m)) for u, m in (await session.execute(query)).all()]
 
     async def search_summaries(
-        self, folder_id: int, where: MessageFilter, part: SummaryPart
+        self, folder_id: int, where: MessageFilter, part: SummaryPart, *, dates: bool = True
     ) -> list[SummaryRow]:
         """The messages that satisfy `where`, in UID order, each with its decrypted summary part,
         in one query: (uid, modseq, flags as stored, internal date, size, message id, plaintext or
         None where the body has no summary yet: `read_summaries` computes those). Plain tuples:
-        a header SEARCH over a large folder goes through every candidate."""
+        a header SEARCH over a large folder goes through every candidate. `dates=False`: the
+        caller does not look at internal dates (the SQL filter did), they are not read (None)."""
         column = MessageSummary.search if part == "search" else MessageSummary.summary
         query = (
             select(
                 Message.uid,
                 Message.modseq,
                 Message.flags,
-                Message.internal_date,
+                Message.internal_date if dates else literal(None),
                 Message.size,
                 Message.id,
                 Message.body_id,

@@ -25,6 +25,7 @@ __all__ = [
     "Code",
     "Concat",
     "Literal",
+    "Prerendered",
     "Stream",
     "StreamSizeError",
     "Value",
@@ -70,10 +71,20 @@ class Concat:
     items: tuple[Value, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Prerendered:
+    """A value already rendered: `data` as `render` writes it without UTF8=ACCEPT, `utf8` with it
+    (message summaries keep ENVELOPE and BODYSTRUCTURE this way, `imap.summary`)."""
+
+    data: bytes
+    utf8: bytes
+
+
 NIL = Atom("NIL")
 
 Value: TypeAlias = (
-    "Atom | Literal | Stream | Concat | int | str | bytes | tuple[Value, ...] | list[Value] | None"
+    "Atom | Literal | Stream | Concat | Prerendered | int | str | bytes | tuple[Value, ...] | list[Value]"
+    " | None"
 )
 
 
@@ -135,6 +146,8 @@ def render_into(out: bytearray, value: Value, utf8: bool) -> None:
             first = False
             render_into(out, item, utf8)
         out += b")"
+    elif isinstance(value, Prerendered):
+        out += value.utf8 if utf8 else value.data
     elif isinstance(value, Concat):
         for item in value.items:
             render_into(out, item, utf8)

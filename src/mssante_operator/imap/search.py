@@ -14,6 +14,7 @@ import binascii
 import datetime as dt
 import email.header
 import email.utils
+import functools
 import quopri
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -62,6 +63,12 @@ def normalize(text: str) -> str:
 
 
 _norm = normalize
+
+
+@functools.lru_cache(maxsize=256)
+def _normalized(value: str) -> str:
+    """`normalize` of a SEARCH key's value: computed once per search, not once per message."""
+    return normalize(value)
 
 
 def _body_texts(part: mime.Part) -> Iterator[str]:
@@ -156,6 +163,12 @@ def content_needed(key: c.SearchKey) -> Level:
 
 def matches(key: c.SearchKey, msg: SearchMessage, *, max_uid: int, count: int = 0) -> bool:
     """Does `msg` satisfy `key`? `max_uid`/`count` are what `*` means for UID and sequence sets."""
+    if isinstance(key, c.SearchHeader):  # first: the key a header SEARCH tries on every candidate
+        lname = key.field.lower()
+        if msg.fields is not None and lname in SEARCH_FIELDS:
+            want = _normalized(key.value)
+            return any(want in v for v in msg.fields.values(lname))
+        return _header_matches(msg.part, key.field, key.value)
     if isinstance(key, c.SearchAll):
         return True
     if isinstance(key, c.SearchAnd):
@@ -184,13 +197,6 @@ def matches(key: c.SearchKey, msg: SearchMessage, *, max_uid: int, count: int = 
             sent = msg.fields.sent if msg.fields is not None else sent_date(msg.part)
             return sent is not None and _compare(key.op, sent, key.date)
         return _compare(key.op, msg.internal_date.date(), key.date)
-    if isinstance(key, c.SearchHeader):
-        lname = key.field.lower()
-        if msg.fields is not None and lname in SEARCH_FIELDS:
-            values = msg.fields.headers.get(lname, ())
-            want = normalize(key.value)
-            return any(want in v for v in values)
-        return _header_matches(msg.part, key.field, key.value)
     if isinstance(key, c.SearchText):
         want = _norm(key.value)
         texts = list(_body_texts(msg.part))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import struct
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -58,11 +57,13 @@ from mssante_operator.imap.commands import (
     SearchFlag,
     SearchKey,
     SearchModSeq,
+    SearchNot,
+    SearchOr,
     SearchSet,
     SearchSize,
 )
 from mssante_operator.imap.notify import FolderWatcher
-from mssante_operator.imap.summary import Summary, decode_search, decode_summary
+from mssante_operator.imap.summary import Summary, decode_search, decode_summary, summary_header
 from mssante_operator.ops.logging import get_logger
 from mssante_operator.pki.identity import CertificateIdentity
 from mssante_operator.store.mailstore import (
@@ -379,24 +380,36 @@ class StoreBackend:
             batch = uids[start : start + size]
             wanted = set(batch)
             with _store_errors():
-                rows = await self.store.list_messages(
-                    folder_id, changed_since=request.changedsince, uid_range=(min(batch), max(batch))
-                )
-                rows = [m for m in rows if m.uid in wanted]
+                uid_range = (min(batch), max(batch))
+                summaries: dict[int, Summary] = {}
+                if request.summary:
+                    # Metadata and decrypted summaries in one query (one round trip, not three).
+                    pairs = await self.store.list_messages_with_summaries(
+                        folder_id, uid_range, changed_since=request.changedsince
+                    )
+                    pairs = [(m, p) for m, p in pairs if m.uid in wanted]
+                    rows = [m for m, _ in pairs]
+                    summaries = {m.message_id: decode_summary(p) for m, p in pairs if p is not None}
+                    lazy = [m.message_id for m in rows if m.message_id not in summaries]
+                    if lazy:  # no summary yet, or an older layout: computed or upgraded now
+                        plain = await self.store.read_summaries(lazy, "summary")
+                        summaries.update((mid, decode_summary(data)) for mid, data in plain.items())
+                else:
+                    rows = await self.store.list_messages(
+                        folder_id, changed_since=request.changedsince, uid_range=uid_range
+                    )
+                    rows = [m for m in rows if m.uid in wanted]
                 changed: dict[int, MessageInfo] = {}
                 if request.mark_seen:
                     unseen = [m.uid for m in rows if "\\Seen" not in m.flags]
                     if unseen:
                         update = await self.store.update_flags(folder_id, unseen, ["\\Seen"], FlagMode.ADD)
                         changed = {m.uid: m for m in update.changed}
-                summaries: dict[int, Summary] = {}
                 headers: dict[int, bytes] = {}
-                if (request.summary or request.content == "header") and rows:
+                if request.content == "header" and not request.summary and rows:
+                    # BODY[HEADER.FIELDS ...] alone: the header block, no summary to decode
                     plain = await self.store.read_summaries([m.message_id for m in rows], "summary")
-                    if request.summary:
-                        summaries = {mid: decode_summary(data) for mid, data in plain.items()}
-                    else:  # BODY[HEADER.FIELDS ...] alone: the header block, no JSON to decode
-                        headers = {mid: _summary_header(data) for mid, data in plain.items()}
+                    headers = {mid: summary_header(data) for mid, data in plain.items()}
                 # Bodies only for content, or where no summary could be made (parsed as before).
                 need_body = [
                     m.message_id
@@ -483,46 +496,71 @@ class StoreBackend:
             return SearchHits([u for u, _ in found], max((m for _, m in found), default=None))
         key = rest
         needed = imap_search.content_needed(key)
-        if needed in ("none", "full"):
-            with _store_errors():
-                rows = await self.store.search_messages(folder_id, where)
-            candidates: list[tuple[MessageInfo, bytes | None]] = [(m, None) for m in rows]
-        else:
-            # Header keys: the encrypted summaries come with the metadata, in one query.
-            with _store_errors():
-                candidates = await self.store.search_summaries(
-                    folder_id, where, "search" if needed == "summary" else "summary"
-                )
-                lazy = [m.message_id for m, plain in candidates if plain is None]
-                if lazy:  # bodies stored before summaries existed: summarised once, now
-                    done = await self.store.read_summaries(
-                        lazy, "search" if needed == "summary" else "summary"
-                    )
-                    candidates = [
-                        (m, plain if plain is not None else done.get(m.message_id)) for m, plain in candidates
-                    ]
-        max_uid = candidates[-1][0].uid if candidates else 0
+        if needed in ("summary", "header"):
+            return await self._search_summaries(folder_id, where, key, needed)
+        with _store_errors():
+            rows = await self.store.search_messages(folder_id, where)
+        max_uid = rows[-1].uid if rows else 0
         hits: list[MessageInfo] = []
-        step = BATCH if needed == "full" else len(candidates) or 1
-        for start in range(0, len(candidates), step):
-            batch = candidates[start : start + step]
+        step = BATCH if needed == "full" else len(rows) or 1
+        for start in range(0, len(rows), step):
+            batch = rows[start : start + step]
             bodies: dict[int, bytes] = {}
-            missing = [m.message_id for m, plain in batch if plain is None] if needed != "none" else []
-            if missing:
-                # Text keys (or a message that cannot be summarised): the decrypted message.
+            if needed == "full":
+                # Text keys: the decrypted message.
                 with _store_errors():
-                    bodies = await self.store.read_message_bodies(missing)
-            for info, plain in batch:
-                if plain is None:
-                    msg = _search_message(info, bodies.get(info.message_id, b""), None)
-                elif needed == "summary":
-                    msg = _search_message(info, b"", None)
-                    msg.fields = decode_search(plain)
-                else:
-                    msg = _search_message(info, decode_summary(plain).header, None)
+                    bodies = await self.store.read_message_bodies([m.message_id for m in batch])
+            for info in batch:
+                msg = _search_message(info, bodies.get(info.message_id, b""), None)
                 if imap_search.matches(key, msg, max_uid=max_uid, count=0):
                     hits.append(info)
         return SearchHits([m.uid for m in hits], max((m.modseq for m in hits), default=None))
+
+    async def _search_summaries(
+        self, folder_id: int, where: MessageFilter, key: SearchKey, needed: str
+    ) -> SearchHits:
+        """Header keys: each candidate's search summary (or, for headers it does not hold, the
+        summary's header block) comes decrypted with its metadata in one query; the store's
+        summary cache makes a repeated search over a large folder cost no decryption."""
+        part: Literal["search", "summary"] = "search" if needed == "summary" else "summary"
+        with _store_errors():
+            # Internal dates only if the residual key compares them (SINCE etc. are SQL already).
+            dates = _uses(key, SearchDate)
+            rows = await self.store.search_summaries(folder_id, where, part, dates=dates)
+            lazy = [r[5] for r in rows if r[6] is None]
+            done: dict[int, bytes] = {}
+            bodies: dict[int, bytes] = {}
+            if lazy:  # bodies stored before summaries existed: summarised once, now
+                done = await self.store.read_summaries(lazy, part)
+                unsummarisable = [mid for mid in lazy if mid not in done]
+                if unsummarisable:  # parsed from the decrypted message, as before summaries
+                    bodies = await self.store.read_message_bodies(unsummarisable)
+        max_uid = rows[-1][0] if rows else 0
+        hits: list[int] = []
+        top: int | None = None
+        matches = imap_search.matches
+        # One SearchMessage refilled per candidate (the evaluator keeps no reference to it): on a
+        # 100,000-message folder, an object per candidate was a good part of the time (and of the
+        # garbage collector's). Flags are only split when the key looks at them.
+        uses_flags = _uses(key, SearchFlag)
+        no_flags: frozenset[str] = frozenset()
+        msg = imap_search.SearchMessage(0, no_flags, 0, 0, _EPOCH)
+        for uid, modseq, flags, when, size, mid, plain in rows:
+            if plain is None:
+                plain = done.get(mid)
+            msg.uid, msg.modseq, msg.size, msg.internal_date = uid, modseq, size, when or _EPOCH
+            msg.flags = frozenset(flags.split()) if uses_flags else no_flags
+            msg.raw, msg.fields, msg._parsed = b"", None, None
+            if plain is None:
+                msg.raw = bodies.get(mid, b"")
+            elif part == "search":
+                msg.fields = decode_search(plain)
+            else:
+                msg.raw = summary_header(plain)
+            if matches(key, msg, max_uid=max_uid, count=0):
+                hits.append(uid)
+                top = modseq if top is None or modseq > top else top
+        return SearchHits(hits, top)
 
     async def store_flags(
         self,
@@ -630,6 +668,22 @@ def _search_message(info: MessageInfo, raw: bytes, seq: int | None) -> imap_sear
     )
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _uses(key: SearchKey, kind: type[SearchKey]) -> bool:
+    """Does the key tree contain a node of this type?"""
+    if isinstance(key, kind):
+        return True
+    if isinstance(key, SearchAnd):
+        return any(_uses(k, kind) for k in key.keys)
+    if isinstance(key, SearchOr):
+        return _uses(key.left, kind) or _uses(key.right, kind)
+    if isinstance(key, SearchNot):
+        return _uses(key.key, kind)
+    return False
+
+
 def _midnight(day: dt.date) -> dt.datetime:
     return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
 
@@ -691,13 +745,6 @@ def sql_filter(key: SearchKey) -> tuple[MessageFilter, SearchKey | None]:
     elif residual:
         rest = SearchAnd(tuple(residual))
     return where, rest
-
-
-def _summary_header(data: bytes) -> bytes:
-    """The header block of a summary part (`imap.summary.summarize`: a 4-byte length, that much
-    JSON, then the header block) without decoding the JSON."""
-    (length,) = struct.unpack_from(">I", data)
-    return data[4 + length :]
 
 
 def _header_block(raw: bytes) -> bytes:

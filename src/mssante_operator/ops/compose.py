@@ -65,6 +65,7 @@ from mssante_operator.store.crypto import KeyFileError, MasterKey
 from mssante_operator.store.groupcommit import DeliveryWriter
 from mssante_operator.store.mailstore import MailStore
 from mssante_operator.store.pgnotify import PgChangeRelay
+from mssante_operator.store.summary_cache import SummaryCache
 from mssante_operator.trust.refresher import TrustRefresher
 from mssante_operator.trust.store import TrustStore, trust_health
 
@@ -101,7 +102,11 @@ def build_application(settings: Settings, config_path: Path | None = None) -> Ap
 
         app.add_startup_check(master_key_unusable)
     else:
-        components.mailstore = MailStore(components.sessions, master_key)
+        components.mailstore = MailStore(
+            components.sessions,
+            master_key,
+            summary_cache=SummaryCache(settings.store.summary_cache_mb * 2**20),
+        )
     components.audit = AuditLog.from_settings(components.sessions, settings.audit)
     # First service added, last stopped: it flushes what the front ends recorded while stopping.
     app.add_service(components.audit)

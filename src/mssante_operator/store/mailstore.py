@@ -36,11 +36,15 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from mssante_operator.addresses import normalize_address, normalize_domain
 from mssante_operator.config.models import MailboxType, StoreSettings
+from mssante_operator.imap.summary import READABLE_VERSIONS as SUMMARY_VERSIONS
+from mssante_operator.imap.summary import VERSION as SUMMARY_VERSION
+from mssante_operator.imap.summary import upgrade_summary
 from mssante_operator.ops.logging import get_logger
 from mssante_operator.store.batching import (
     Operation,
@@ -73,7 +77,6 @@ from mssante_operator.store.models import (
 )
 from mssante_operator.store.notify import ChangeHub, ChangeKind, MailboxChange
 from mssante_operator.store.sqlitereads import SqliteBusy, SqliteReader, sqlite_file_of
-from mssante_operator.store.summaries import VERSION as SUMMARY_VERSION
 from mssante_operator.store.summaries import Part as SummaryPart
 from mssante_operator.store.summaries import (
     add_summary,
@@ -83,6 +86,7 @@ from mssante_operator.store.summaries import (
     summary_aad,
     summary_row,
 )
+from mssante_operator.store.summary_cache import SummaryCache, tag_of
 
 log = get_logger(__name__)
 
@@ -159,6 +163,9 @@ _ORPHAN_BODIES = select(_BODIES.c.id).where(
     ~exists().where(_QUEUE.c.body_id == _BODIES.c.id),
 )
 _DELETE_BODIES = delete(_BODIES).where(_BODIES.c.id.in_(bindparam("ids", expanding=True)))
+
+#: Default bound of `MailStore.summary_cache` (config `store.summary_cache_mb`).
+DEFAULT_SUMMARY_CACHE_BYTES = 128 * 2**20
 _MAILBOX_STATUS = select(Mailbox.__table__.c.status).where(
     Mailbox.__table__.c.address == bindparam("address")
 )
@@ -331,6 +338,11 @@ class FolderIndex:
     deleted: int = 0  # messages flagged \\Deleted
 
 
+#: `MailStore.search_summaries` rows: uid, modseq, flags (space-separated, as stored), internal
+#: date (None unless asked for), size, message id, decrypted summary part (None: not summarised yet).
+SummaryRow = tuple[int, int, str, datetime | None, int, int, bytes | None]
+
+
 @dataclass(frozen=True)
 class MessageFilter:
     """Conditions a SEARCH can push into SQL (all optional, all ANDed)."""
@@ -474,6 +486,24 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+async def _folder_uids(conn: AsyncConnection, folder_id: int) -> list[int]:
+    """A folder's UIDs, ascending, as one aggregated value instead of one row per message: on a
+    100,000-message folder, rows (ORM or Core) cost 3 to 10 times more than the query."""
+    in_folder = Message.folder_id == folder_id
+    if conn.dialect.name == "postgresql":
+        agg = await conn.scalar(
+            select(func.array_agg(aggregate_order_by(Message.uid, Message.uid))).where(in_folder)
+        )
+        return [int(u) for u in agg] if agg else []
+    ordered = select(Message.uid).where(in_folder).order_by(Message.uid).subquery()
+    text_value = await conn.scalar(select(func.group_concat(ordered.c.uid)))
+    if not text_value:
+        return []
+    uids = list(map(int, str(text_value).split(",")))
+    uids.sort()  # the subquery's order is what SQLite follows, not a documented guarantee: O(n) if so
+    return uids
+
+
 def _flag_tuple(text_value: str) -> tuple[str, ...]:
     return tuple(text_value.split()) if text_value else ()
 
@@ -515,6 +545,14 @@ def _normalize_flags(flags: Sequence[str]) -> str:
     return " ".join(seen)
 
 
+def _index_of(highest: int, uids: Sequence[int], top: int | None, flag_sets: Sequence[Any]) -> FolderIndex:
+    """`FolderIndex` from the direct SQLite reader's (highest modseq, UIDs, top modseq, flag sets)."""
+    keywords = sorted({f for flags, _, _ in flag_sets for f in flags if not f.startswith("\\")})
+    deleted = sum(n for flags, n, _ in flag_sets if "\\Deleted" in flags)
+    unseen = min((first for flags, _, first in flag_sets if "\\Seen" not in flags), default=None)
+    return FolderIndex([int(u) for u in uids], max(int(highest), int(top or 0)), unseen, keywords, deleted)
+
+
 class MailStore:
     """Domains, mailboxes and encrypted messages, over one async session factory."""
 
@@ -527,8 +565,13 @@ class MailStore:
         changes: ChangeHub | None = None,
         tombstones: TombstonePolicy | None = None,
         direct_reads: bool = True,
+        summary_cache: SummaryCache | None = None,
     ) -> None:
         self._sessions = sessions
+        #: Decrypted summary parts shared by every session of this process (`store.summary_cache`).
+        self.summary_cache = (
+            summary_cache if summary_cache is not None else SummaryCache(DEFAULT_SUMMARY_CACHE_BYTES)
+        )
         self._tombstone_policy = tombstones if tombstones is not None else TombstonePolicy()
         self._master = master_key
         self._bodies: BodyStorage = bodies if bodies is not None else DatabaseBodyStorage()
@@ -1350,6 +1393,7 @@ class MailStore:
             )
         for body_id in orphans:
             await self._bodies.delete(session, body_id)
+        self.summary_cache.discard_bodies(set(orphans))  # memory only: the check bytes keep hits exact
         for chunk in _chunks(orphans):
             await session.execute(
                 delete(MessageBody)
@@ -1586,47 +1630,91 @@ class MailStore:
             for mid, uid, flags, when, size, modseq in rows
         ]
 
+    async def list_messages_with_summaries(
+        self, folder_id: int, uid_range: tuple[int, int], *, changed_since: int | None = None
+    ) -> list[tuple[MessageInfo, bytes | None]]:
+        """`list_messages` over a UID range with each message's decrypted summary part ("summary":
+        ENVELOPE, BODYSTRUCTURE, header block) from the same query, for FETCH: None where the body
+        has no summary of a readable version (`read_summaries` computes, or upgrades, those)."""
+        query = (
+            select(
+                Message.id,
+                Message.uid,
+                Message.flags,
+                Message.internal_date,
+                Message.size,
+                Message.modseq,
+                Message.body_id,
+                Message.wrapped_body_key,
+                MessageSummary.summary,
+                MessageSummary.version,
+            )
+            .outerjoin(MessageSummary, MessageSummary.body_id == Message.body_id)
+            .where(Message.folder_id == folder_id, Message.uid.between(uid_range[0], uid_range[1]))
+            .order_by(Message.uid)
+        )
+        if changed_since is not None:
+            query = query.where(Message.modseq > changed_since)
+        async with self._read() as session:
+            conn = await session.connection()
+            wrapped_data = await conn.scalar(
+                select(Mailbox.wrapped_data_key)
+                .join(Folder, Folder.mailbox_id == Mailbox.id)
+                .where(Folder.id == folder_id)
+            )
+            if wrapped_data is None:
+                raise FolderNotFound(f"folder {folder_id} does not exist")
+            rows = (await conn.execute(query)).all()
+        data_key: bytes | None = None
+        cache = self.summary_cache
+        out: list[tuple[MessageInfo, bytes | None]] = []
+        for mid, uid, flags, when, size, modseq, body_id, wrapped, blob, version in rows:
+            info = MessageInfo(int(mid), int(uid), _flag_tuple(flags), _aware(when), int(size), int(modseq))
+            plain: bytes | None = None
+            if blob is not None and version == SUMMARY_VERSION:  # older layouts: read_summaries
+                tag = tag_of(blob)
+                plain = cache.get("summary", body_id, wrapped, tag)
+                if plain is None:
+                    if data_key is None:
+                        data_key = self._master.unwrap(wrapped_data)
+                    content_key = unwrap_key(data_key, wrapped, what="content key of a message")
+                    plain = decrypt_body(content_key, blob, summary_aad(body_id, "summary"))
+                    cache.put("summary", body_id, wrapped, tag, plain)
+            out.append((info, plain))
+        return out
+
     async def folder_index(self, folder_id: int) -> FolderIndex:
-        """SELECT's data in a few aggregate queries: UIDs, highest modseq, first unseen, keywords."""
+        """SELECT's data: the folder's modseq, the UIDs and one GROUP BY pass for highest modseq,
+        first unseen and keywords (on SQLite from the direct read connection when it can)."""
         fast = self._fast_index(folder_id) if self._fast is not None else None
         if fast is not None:
-            highest, uids, top, flag_sets = fast
-        else:
-            folder_q = select(Folder.highestmodseq).where(Folder.id == folder_id)
-            in_folder = Message.folder_id == folder_id
-            async with self._read() as session:
-                stored = await session.scalar(folder_q)
-                if stored is None:
-                    raise FolderNotFound(f"folder {folder_id} does not exist")
-                highest = int(stored)
-                uids = list(
-                    (
-                        await session.execute(select(Message.uid).where(in_folder).order_by(Message.uid))
-                    ).scalars()
-                )
-                top = await session.scalar(select(func.max(Message.modseq)).where(in_folder))
-                # One pass over the folder for everything flag-related: a folder has few distinct
-                # flag sets, and the first unseen UID is the smallest UID of a set without \Seen.
-                flag_sets = [
-                    (_flag_tuple(text), int(n), int(first))
-                    for text, n, first in (
-                        await session.execute(
-                            select(Message.flags, func.count(), func.min(Message.uid))
-                            .where(in_folder)
-                            .group_by(Message.flags)
-                        )
-                    ).all()
-                ]
-        keywords = sorted({f for flags, _, _ in flag_sets for f in flags if not f.startswith("\\")})
-        deleted = sum(n for flags, n, _ in flag_sets if "\\Deleted" in flags)
-        unseen = min((first for flags, _, first in flag_sets if "\\Seen" not in flags), default=None)
-        return FolderIndex(
-            [int(u) for u in uids],
-            max(int(highest), int(top or 0)),
-            unseen,
-            keywords,
-            deleted,
-        )
+            return _index_of(*fast)
+
+        folder_q = select(Folder.highestmodseq).where(Folder.id == folder_id)
+        in_folder = Message.folder_id == folder_id
+        async with self._read() as session:
+            highest = await session.scalar(folder_q)
+            if highest is None:
+                raise FolderNotFound(f"folder {folder_id} does not exist")
+            conn = await session.connection()
+            uids = await _folder_uids(conn, folder_id)
+            # One pass over the folder for everything flag-related: a folder has few distinct
+            # flag sets, and the first unseen UID is the smallest UID of a set without \Seen.
+            flag_sets = [
+                (_flag_tuple(text), int(n), int(first), int(top))
+                for text, n, first, top in (
+                    await conn.execute(
+                        select(Message.flags, func.count(), func.min(Message.uid), func.max(Message.modseq))
+                        .where(in_folder)
+                        .group_by(Message.flags)
+                    )
+                ).all()
+            ]
+        keywords = sorted({f for flags, _, _, _ in flag_sets for f in flags if not f.startswith("\\")})
+        deleted = sum(n for flags, n, _, _ in flag_sets if "\\Deleted" in flags)
+        unseen = min((first for flags, _, first, _ in flag_sets if "\\Seen" not in flags), default=None)
+        top = max((t for _, _, _, t in flag_sets), default=0)
+        return FolderIndex(uids, max(int(highest), top), unseen, keywords, deleted)
 
     async def flag_rows(
         self, folder_id: int, first_uid: int, last_uid: int, *, changed_since: int | None = None, limit: int
@@ -1667,19 +1755,22 @@ class MailStore:
             return [(int(u), int(m)) for u, m in (await session.execute(query)).all()]
 
     async def search_summaries(
-        self, folder_id: int, where: MessageFilter, part: SummaryPart
-    ) -> list[tuple[MessageInfo, bytes | None]]:
-        """`search_messages` with each message's decrypted summary part in the same query (None
-        where the body has no summary yet: `read_summaries` computes those)."""
+        self, folder_id: int, where: MessageFilter, part: SummaryPart, *, dates: bool = True
+    ) -> list[SummaryRow]:
+        """The messages that satisfy `where`, in UID order, each with its decrypted summary part,
+        in one query: (uid, modseq, flags as stored, internal date, size, message id, plaintext or
+        None where the body has no summary yet: `read_summaries` computes those). Plain tuples:
+        a header SEARCH over a large folder goes through every candidate. `dates=False`: the
+        caller does not look at internal dates (the SQL filter did), they are not read (None)."""
         column = MessageSummary.search if part == "search" else MessageSummary.summary
         query = (
             select(
-                Message.id,
                 Message.uid,
-                Message.flags,
-                Message.internal_date,
-                Message.size,
                 Message.modseq,
+                Message.flags,
+                Message.internal_date if dates else literal(None),
+                Message.size,
+                Message.id,
                 Message.body_id,
                 Message.wrapped_body_key,
                 column,
@@ -1687,6 +1778,7 @@ class MailStore:
             )
             .outerjoin(MessageSummary, MessageSummary.body_id == Message.body_id)
             .where(*self._filter(folder_id, where))
+            .order_by(Message.uid)
         )
         async with self._read() as session:
             wrapped_data = await session.scalar(
@@ -1696,16 +1788,26 @@ class MailStore:
             )
             if wrapped_data is None:
                 raise FolderNotFound(f"folder {folder_id} does not exist")
-            rows = (await session.execute(query.order_by(Message.uid))).all()
-        data_key = self._master.unwrap(wrapped_data)
-        out: list[tuple[MessageInfo, bytes | None]] = []
-        for mid, uid, flags, when, size, modseq, body_id, wrapped, blob, version in rows:
-            info = MessageInfo(int(mid), int(uid), _flag_tuple(flags), _aware(when), int(size), int(modseq))
+            # Core, not ORM: no ORM result processing per row.
+            rows = (await (await session.connection()).execute(query)).all()
+        data_key: bytes | None = None
+        cache = self.summary_cache
+        out: list[SummaryRow] = []
+        append = out.append
+        for uid, modseq, flags, when, size, mid, body_id, wrapped, blob, version in rows:
             plain: bytes | None = None
-            if blob is not None and version == SUMMARY_VERSION:
-                content_key = unwrap_key(data_key, wrapped, what="content key of a message")
-                plain = decrypt_body(content_key, blob, summary_aad(body_id, part))
-            out.append((info, plain))
+            if blob is not None and version in SUMMARY_VERSIONS:
+                tag = tag_of(blob)
+                plain = cache.get(part, body_id, wrapped, tag)
+                if plain is None:
+                    if data_key is None:
+                        data_key = self._master.unwrap(wrapped_data)
+                    content_key = unwrap_key(data_key, wrapped, what="content key of a message")
+                    plain = decrypt_body(content_key, blob, summary_aad(body_id, part))
+                    cache.put(part, body_id, wrapped, tag, plain)
+            # The internal date stays as the driver gives it (naive UTC on SQLite): SEARCH only
+            # takes its UTC day, as `_aware` would give it.
+            append((uid, modseq, flags, when, size, mid, plain))
         return out
 
     def _filter(self, folder_id: int, where: MessageFilter) -> list[Any]:
@@ -1894,13 +1996,16 @@ class MailStore:
     async def read_summaries(self, message_ids: Sequence[int], part: SummaryPart) -> dict[int, bytes]:
         """Plaintext summary parts (`imap.summary`) of several messages, without reading bodies.
 
-        One query for keys and ciphertexts; bodies with no summary yet (stored before summaries
-        existed, or of an older version) are decrypted once, summarised and the summaries saved.
+        One query for keys and ciphertexts (on SQLite from the direct read connection when it
+        can); decrypted parts come from the process's summary cache when they are there. Bodies
+        with no summary yet (stored before summaries existed, or of an unreadable version) are
+        decrypted once, summarised and the summaries saved; older layouts are upgraded once.
         Messages that cannot be summarised are left out: the caller falls back to the body."""
         if not message_ids:
             return {}
         out: dict[int, bytes] = {}
         missing: list[int] = []
+        upgraded: dict[int, tuple[bytes, bytes]] = {}  # body id -> (content key, version 2 plaintext)
         fast = self._fast_summaries(message_ids, part) if self._fast is not None else None
         if fast is not None:
             rows, wrapped_data = fast
@@ -1919,7 +2024,7 @@ class MailStore:
                 .where(Message.id.in_(list(message_ids)))
             )
             async with self._read() as session:
-                rows = list((await session.execute(query)).all())
+                rows = list((await (await session.connection()).execute(query)).all())
                 mailbox_ids = {int(r[3]) for r in rows}
                 wrapped_data = (
                     dict(
@@ -1934,16 +2039,49 @@ class MailStore:
                     if mailbox_ids
                     else {}
                 )
-        data_keys = {mid: self._master.unwrap(w) for mid, w in wrapped_data.items()}
+        data_keys: dict[int, bytes] = {}
+        cache = self.summary_cache
         for mid, body_id, wrapped, mailbox_id, blob, version in rows:
-            if blob is None or version != SUMMARY_VERSION:
+            if blob is None or version not in SUMMARY_VERSIONS:
                 missing.append(int(mid))
                 continue
-            content_key = unwrap_key(data_keys[mailbox_id], wrapped, what="content key of a message")
-            out[int(mid)] = decrypt_body(content_key, blob, summary_aad(body_id, part))
+            tag = tag_of(blob)
+            plain = cache.get(part, body_id, wrapped, tag)
+            if plain is None:
+                if mailbox_id not in data_keys:
+                    data_keys[mailbox_id] = self._master.unwrap(wrapped_data[mailbox_id])
+                content_key = unwrap_key(data_keys[mailbox_id], wrapped, what="content key of a message")
+                plain = decrypt_body(content_key, blob, summary_aad(body_id, part))
+                if part == "summary" and version != SUMMARY_VERSION:
+                    # An older layout of the same facts: rewritten once from the plaintext (the
+                    # body is not needed), so later FETCHes find response bytes.
+                    newer = upgrade_summary(plain)
+                    if newer is not None:
+                        plain = newer
+                        upgraded[int(body_id)] = (content_key, newer)
+                cache.put(part, body_id, wrapped, tag, plain)
+            out[int(mid)] = plain
+        if upgraded:
+            await self._save_upgraded_summaries(upgraded)
         if missing:
             out.update(await self._summarize_missing(missing, part))
         return out
+
+    async def _save_upgraded_summaries(self, upgraded: dict[int, tuple[bytes, bytes]]) -> None:
+        try:
+            async with self._write() as session:
+                for body_id, (content_key, plain) in upgraded.items():
+                    await session.execute(
+                        update(MessageSummary)
+                        .where(MessageSummary.body_id == body_id, MessageSummary.version != SUMMARY_VERSION)
+                        .values(
+                            summary=encrypt_body(content_key, plain, summary_aad(body_id, "summary")),
+                            version=SUMMARY_VERSION,
+                        )
+                        .execution_options(synchronize_session=False)
+                    )
+        except (IntegrityError, OperationalError) as exc:  # a busy store: upgraded another time
+            log.info("summary upgrade deferred", bodies=len(upgraded), error=type(exc).__name__)
 
     async def _summarize_missing(self, message_ids: Sequence[int], part: SummaryPart) -> dict[int, bytes]:
         bodies = await self.read_message_bodies(message_ids)
@@ -2369,4 +2507,5 @@ def build_mailstore(
             max_age=timedelta(days=settings.tombstone_max_age_days),
             max_per_folder=settings.tombstone_max_per_folder,
         ),
+        summary_cache=SummaryCache(settings.summary_cache_mb * 2**20),
     )

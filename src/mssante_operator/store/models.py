@@ -156,6 +156,8 @@ class Message(Base):
     __table_args__ = (
         UniqueConstraint("folder_id", "uid"),
         Index("ix_messages_folder_modseq", "folder_id", "modseq"),
+        # Covering index of SELECT's GROUP BY flags pass and of flag SEARCHes (migration 0009).
+        Index("ix_messages_folder_flags", "folder_id", "flags", "uid", "modseq"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

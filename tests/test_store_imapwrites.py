@@ -259,3 +259,14 @@ async def test_a_database_error_in_one_operation_is_rolled_back_to_its_savepoint
     assert batcher.commits - commits == 1
     flags = {m.uid: m.flags for m in await store.list_messages(inbox)}
     assert flags == {1: ("\\Seen", "$A"), 2: ("$B",)}  # nothing of the broken operation
+
+
+async def test_an_append_dated_in_another_time_zone_keeps_its_instant(store: MailStore) -> None:
+    """IMAP APPEND's date-time carries an offset; SQLite's DATETIME drops it, so the store keeps UTC."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    paris = datetime(2026, 3, 1, 10, 0, tzinfo=timezone(timedelta(hours=1)))
+    await store.store_message(raw(1), local_recipients=[A], internal_date=paris)
+    [info] = await store.list_messages((await store.get_folder(A, "INBOX")).id)
+    assert info.internal_date == paris
+    assert info.internal_date.astimezone(UTC).hour == 9

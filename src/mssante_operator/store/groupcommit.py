@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -174,6 +175,8 @@ class DeliveryWriter:
             raise NoRecipients("a message needs at least one local recipient")
         if delivery.internal_date.tzinfo is None:
             raise ValueError("internal_date must be timezone-aware")
+        # In UTC: SQLite's DATETIME keeps the wall-clock time and drops the offset.
+        delivery = dataclasses.replace(delivery, internal_date=delivery.internal_date.astimezone(UTC))
         if len(delivery.raw) > _SUMMARY_THREAD_THRESHOLD:
             summary = await asyncio.to_thread(summarize_safely, delivery.raw)
         else:

@@ -946,6 +946,8 @@ class MailStore:
         when = internal_date if internal_date is not None else datetime.now(UTC)
         if when.tzinfo is None:
             raise ValueError("internal_date must be timezone-aware")
+        # In UTC: SQLite's DATETIME keeps the wall-clock time and drops the offset.
+        when = when.astimezone(UTC)
         groups: dict[tuple[str, str, str | None, str | None], list[OutboundDelivery]] = {}
         for delivery in outbound:
             key = (delivery.recipient_domain(), delivery.mail_from, delivery.envid, delivery.ret)

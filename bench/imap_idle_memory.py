@@ -196,9 +196,13 @@ async def server_main(url: str, pki_dir: str) -> None:
             if os.environ.get("BENCH_TRACEMALLOC"):  # a file: where the top allocators go
                 import tracemalloc
 
-                top = tracemalloc.take_snapshot().statistics("lineno")[:40]
+                snapshot = tracemalloc.take_snapshot()
+                top = snapshot.statistics("lineno")[:40]
+                files = snapshot.statistics("filename")[:25]
+                traced, _ = tracemalloc.get_traced_memory()
                 with open(os.environ["BENCH_TRACEMALLOC"], "w") as out:  # noqa: ASYNC230
-                    out.write("\n".join(map(str, top)))
+                    out.write(f"traced by Python's allocators: {traced // 1024} KiB\n\n")
+                    out.write("\n".join(map(str, top)) + "\n\nby file:\n" + "\n".join(map(str, files)))
             say(
                 {
                     "connections": service.active_connections,

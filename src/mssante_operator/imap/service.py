@@ -25,7 +25,7 @@ from mssante_operator.imap.notify import FolderWatcher
 from mssante_operator.imap.session import Session, SessionConfig
 from mssante_operator.imap.storage import StoreBackend
 from mssante_operator.ops import tlsbuffers
-from mssante_operator.ops.listener import TcpListener
+from mssante_operator.ops.listener import TcpListener, TrackedProtocol
 from mssante_operator.ops.logging import get_logger
 from mssante_operator.pki import CertificateValidator, Usage, peer_certificate, server_tls_context
 from mssante_operator.pki.identity import CertificateIdentity
@@ -71,7 +71,7 @@ def driver_config(settings: Settings) -> DriverConfig:
     )
 
 
-class _Connection(asyncio.StreamReaderProtocol):
+class _Connection(TrackedProtocol, asyncio.StreamReaderProtocol):
     """A stream protocol that says BYE when the server stops (see `ops.listener.TcpListener`)."""
 
     def __init__(self, service: ImapService, implicit: bool) -> None:

@@ -192,6 +192,11 @@ async def server_main(url: str, pki_dir: str) -> None:
                 await asyncio.sleep(2.0)
                 profiler.disable()
                 profiler.dump_stats(f"{profile}.{n}")
+        elif line == "trim":  # BENCH_MALLOC_TRIM=1: what glibc gives back after the storm
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            say({"trimmed": True})
         elif line == "stats":
             if os.environ.get("BENCH_TRACEMALLOC"):  # a file: where the top allocators go
                 import tracemalloc
@@ -446,6 +451,12 @@ async def run(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str, ob
             result["failed"] = sum(int(str(r["failed"])) for r in ready)
             result["failures"] = [f for r in ready for f in r["failures"]][:5]  # type: ignore[attr-defined]
             await asyncio.sleep(2.0)
+            if os.environ.get("BENCH_MALLOC_TRIM"):
+                untrimmed = memory(pid)
+                result["per_session_untrimmed_kB"] = round(
+                    (untrimmed["rss"] - before["rss"]) / max(1, idling), 1
+                )
+                await server.ask("trim")
             after = memory(pid)
             result["after_kB"] = after
             result["per_session_kB"] = {

@@ -192,13 +192,22 @@ async def server_main(url: str, pki_dir: str) -> None:
                 await asyncio.sleep(2.0)
                 profiler.disable()
                 profiler.dump_stats(f"{profile}.{n}")
+        elif line == "trim":  # BENCH_MALLOC_TRIM=1: what glibc gives back after the storm
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            say({"trimmed": True})
         elif line == "stats":
             if os.environ.get("BENCH_TRACEMALLOC"):  # a file: where the top allocators go
                 import tracemalloc
 
-                top = tracemalloc.take_snapshot().statistics("lineno")[:40]
+                snapshot = tracemalloc.take_snapshot()
+                top = snapshot.statistics("lineno")[:40]
+                files = snapshot.statistics("filename")[:25]
+                traced, _ = tracemalloc.get_traced_memory()
                 with open(os.environ["BENCH_TRACEMALLOC"], "w") as out:  # noqa: ASYNC230
-                    out.write("\n".join(map(str, top)))
+                    out.write(f"traced by Python's allocators: {traced // 1024} KiB\n\n")
+                    out.write("\n".join(map(str, top)) + "\n\nby file:\n" + "\n".join(map(str, files)))
             say(
                 {
                     "connections": service.active_connections,
@@ -442,6 +451,12 @@ async def run(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str, ob
             result["failed"] = sum(int(str(r["failed"])) for r in ready)
             result["failures"] = [f for r in ready for f in r["failures"]][:5]  # type: ignore[attr-defined]
             await asyncio.sleep(2.0)
+            if os.environ.get("BENCH_MALLOC_TRIM"):
+                untrimmed = memory(pid)
+                result["per_session_untrimmed_kB"] = round(
+                    (untrimmed["rss"] - before["rss"]) / max(1, idling), 1
+                )
+                await server.ask("trim")
             after = memory(pid)
             result["after_kB"] = after
             result["per_session_kB"] = {

@@ -412,3 +412,35 @@ async def test_search_mixes_metadata_and_content_keys(env: ImapEnv) -> None:
         "or": b"3 5",
     }
     assert await env.records("message.read") == []  # searching is not reading
+
+
+async def test_listener_counts_implicit_and_starttls_connections_and_says_bye_on_stop(env: ImapEnv) -> None:
+    """`_Connection` reports itself to its listener (no per-connection closures): the count follows
+    implicit TLS and STARTTLS connections (re-attached behind TLS), and stopping says BYE."""
+    service = env.service
+    assert service.active_connections == 0
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", service.implicit_tls_port, ssl=env.client_context(env.person_cert())
+    )
+    assert (await reader.readline()).startswith(b"* OK")
+    plain_reader, plain_writer = await asyncio.open_connection("127.0.0.1", service.starttls_port)
+    assert (await plain_reader.readline()).startswith(b"* OK")
+    plain_writer.write(b"s STARTTLS\r\n")
+    assert (await plain_reader.readline()).startswith(b"s OK")
+    await plain_writer.start_tls(env.client_context())
+    plain_writer.write(b"c CAPABILITY\r\n")
+    assert (await plain_reader.readline()).startswith(b"* CAPABILITY")
+    assert service.active_connections == 2
+    listeners = list(service._listeners)
+    assert [listener.active for listener in listeners] == [1, 1]
+    writer.write(b"a AUTHENTICATE EXTERNAL =\r\n")
+    assert (await reader.readline()).startswith(b"a OK")
+    writer.write(b"s SELECT INBOX\r\ni IDLE\r\n")
+    while not (line := await reader.readline()).startswith(b"+"):
+        assert line, "connection closed before IDLE"
+    await service.stop(1.0)
+    rest = await asyncio.wait_for(reader.read(), 10)
+    assert b"* BYE server shutting down" in rest
+    assert [listener.active for listener in listeners] == [0, 0]
+    writer.close()
+    plain_writer.close()

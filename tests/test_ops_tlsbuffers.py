@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import hashlib
 import os
 import ssl
@@ -99,3 +100,79 @@ async def test_starttls_uses_the_lean_protocol(contexts: tuple[ssl.SSLContext, s
         server.close()
         await server.wait_closed()
     assert isinstance(seen[0], tlsbuffers.LeanSSLProtocol)
+
+
+def _heap_in_use() -> int | None:
+    """Bytes malloc has handed out (glibc's mallinfo2), or None where it is not available."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        info = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in [
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            ]
+        ]
+
+    info.restype = MallInfo2
+    got: MallInfo2 = info()
+    return int(got.uordblks + got.hblkhd)
+
+
+async def test_a_large_reply_does_not_stay_allocated_in_the_connections_bio(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """OpenSSL's memory BIOs never shrink: a 6 MB reply written in one go would stay allocated for
+    as long as the connection lives (an IMAP client in IDLE after fetching an attachment)."""
+    if _heap_in_use() is None:
+        pytest.skip("needs glibc's mallinfo2")
+    tlsbuffers.install()
+    server_ctx, client_ctx = contexts
+    size = 6_000_000
+    sent = asyncio.Event()
+    release = asyncio.Event()
+
+    async def big_reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        writer.write(os.urandom(size))
+        await writer.drain()
+        sent.set()
+        await release.wait()  # the connection stays open, idle
+        writer.close()
+
+    server = await asyncio.start_server(big_reply, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        baseline = _heap_in_use()
+        assert baseline is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx)
+        writer.write(b"go\n")
+        got = 0
+        while got < size:
+            got += len(await reader.read(1 << 20))
+        await sent.wait()
+        await asyncio.sleep(0.1)
+        # Both ends are idle now, the reply read and dropped: what this process still holds is
+        # the two ends' state (tens of kB), not the reply.
+        idle = _heap_in_use()
+        assert idle is not None
+        assert idle - baseline < size // 3, f"{idle - baseline} bytes still held: the reply stayed in a BIO"
+        release.set()
+        writer.close()
+    finally:
+        release.set()
+        server.close()
+        await server.wait_closed()

@@ -128,19 +128,30 @@ async def _idle_until_input(
         folder = session.selected_folder
         assert folder is not None
         change: asyncio.Future[Any] = asyncio.ensure_future(wait_for_change(folder))
-        waiters: set[asyncio.Future[Any]] = {pending_read, change}
+        # One future woken by whichever comes first (input, a change, the deadline): what
+        # asyncio.wait does, without its sets, closure and coroutine, for thousands of sessions
+        # that wait here for hours.
+        woken: asyncio.Future[None] = loop.create_future()
+
+        def wake(_: object, woken: asyncio.Future[None] = woken) -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        pending_read.add_done_callback(wake)
+        change.add_done_callback(wake)
+        timer = loop.call_at(deadline, wake, None)
         try:
-            done, _ = await asyncio.wait(
-                waiters,
-                timeout=max(0.0, deadline - loop.time()),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            await woken
         finally:
-            if not change.done():
+            timer.cancel()
+            pending_read.remove_done_callback(wake)
+            change.remove_done_callback(wake)
+            changed = change.done()
+            if not changed:
                 change.cancel()
-        if pending_read in done:
+        if pending_read.done():
             return pending_read.result()
-        if not done:
+        if not changed:  # the deadline came first
             writer.write(r.untagged("BYE", "IDLE timed out"))
             return b""
         for line in await session.poll_updates():

@@ -243,6 +243,9 @@ class StoreBackend:
         self.mailbox_id = mailbox.id
         self.principal = verdict.identity.principal
         self.mailboxes = verdict.mailboxes
+        # IMAP authenticates once per connection: the certificate's parsed identity (~1.5 kB,
+        # its DN parsed into RDNs) is not needed any more by a session that may idle for hours.
+        self.tls_identity = None
         self._audit_auth(True, credentials.mechanism, self.principal, verdict.reason)
         return AuthResult(True, account)
 

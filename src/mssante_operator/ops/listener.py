@@ -36,11 +36,34 @@ def format_address(sockname: Any) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
+class TrackedProtocol(asyncio.Protocol):
+    """A protocol of ours that tells its listener itself when it opens and closes: no pair of
+    closures per connection (see `_track`), which counts with thousands of idle IMAP sessions.
+    Subclasses calling `super().connection_made/connection_lost` keep the tracking."""
+
+    _listener: TcpListener | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._listener is not None:
+            self._listener._opened(self, transport)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            super().connection_lost(exc)
+        finally:
+            if self._listener is not None:
+                self._listener._closed(self)
+
+
 def _track(inner: asyncio.BaseProtocol, listener: TcpListener) -> asyncio.BaseProtocol:
     """Hook the protocol's own connection_made/connection_lost to know when a connection opens and
     closes. The protocol object itself is handed to asyncio (not a wrapper) because STARTTLS
     (`loop.start_tls`, aiosmtpd's STARTTLS) re-attaches that very object behind the TLS layer, and
     a wrapper would then miss connection_lost."""
+    if isinstance(inner, TrackedProtocol):
+        inner._listener = listener
+        return inner
     made = inner.connection_made
     lost = inner.connection_lost
 

@@ -553,6 +553,20 @@ def _index_of(highest: int, uids: Sequence[int], top: int | None, flag_sets: Seq
     return FolderIndex([int(u) for u in uids], max(int(highest), int(top or 0)), unseen, keywords, deleted)
 
 
+class _LazyKey:
+    """A mailbox data key unwrapped on first use: a read served from the summary cache needs none."""
+
+    __slots__ = ("_key", "_master", "_wrapped")
+
+    def __init__(self, master: MasterKey, wrapped: bytes) -> None:
+        self._master, self._wrapped, self._key = master, wrapped, b""
+
+    def get(self) -> bytes:
+        if not self._key:
+            self._key = self._master.unwrap(self._wrapped)
+        return self._key
+
+
 class MailStore:
     """Domains, mailboxes and encrypted messages, over one async session factory."""
 
@@ -1667,21 +1681,13 @@ class MailStore:
             if wrapped_data is None:
                 raise FolderNotFound(f"folder {folder_id} does not exist")
             rows = (await conn.execute(query)).all()
-        data_key: bytes | None = None
-        cache = self.summary_cache
+        data_key = _LazyKey(self._master, wrapped_data)
         out: list[tuple[MessageInfo, bytes | None]] = []
         for mid, uid, flags, when, size, modseq, body_id, wrapped, blob, version in rows:
             info = MessageInfo(int(mid), int(uid), _flag_tuple(flags), _aware(when), int(size), int(modseq))
             plain: bytes | None = None
             if blob is not None and version == SUMMARY_VERSION:  # older layouts: read_summaries
-                tag = tag_of(blob)
-                plain = cache.get("summary", body_id, wrapped, tag)
-                if plain is None:
-                    if data_key is None:
-                        data_key = self._master.unwrap(wrapped_data)
-                    content_key = unwrap_key(data_key, wrapped, what="content key of a message")
-                    plain = decrypt_body(content_key, blob, summary_aad(body_id, "summary"))
-                    cache.put("summary", body_id, wrapped, tag, plain)
+                plain = self._open_summary("summary", body_id, wrapped, blob, data_key)
             out.append((info, plain))
         return out
 
@@ -1792,21 +1798,13 @@ class MailStore:
                 raise FolderNotFound(f"folder {folder_id} does not exist")
             # Core, not ORM: no ORM result processing per row.
             rows = (await (await session.connection()).execute(query)).all()
-        data_key: bytes | None = None
-        cache = self.summary_cache
+        data_key = _LazyKey(self._master, wrapped_data)
         out: list[SummaryRow] = []
         append = out.append
         for uid, modseq, flags, when, size, mid, body_id, wrapped, blob, version in rows:
             plain: bytes | None = None
             if blob is not None and version in SUMMARY_VERSIONS:
-                tag = tag_of(blob)
-                plain = cache.get(part, body_id, wrapped, tag)
-                if plain is None:
-                    if data_key is None:
-                        data_key = self._master.unwrap(wrapped_data)
-                    content_key = unwrap_key(data_key, wrapped, what="content key of a message")
-                    plain = decrypt_body(content_key, blob, summary_aad(body_id, part))
-                    cache.put(part, body_id, wrapped, tag, plain)
+                plain = self._open_summary(part, body_id, wrapped, blob, data_key)
             # The internal date stays as the driver gives it (naive UTC on SQLite): SEARCH only
             # takes its UTC day, as `_aware` would give it.
             append((uid, modseq, flags, when, size, mid, plain))
@@ -1995,6 +1993,18 @@ class MailStore:
                     out[int(mid)] = await self._decrypt(session, body_id, content_key)
         return out
 
+    def _open_summary(
+        self, part: SummaryPart, body_id: int, wrapped: bytes, blob: bytes, data_key: _LazyKey
+    ) -> bytes:
+        """A summary part's plaintext, from the summary cache or decrypted (and then cached)."""
+        tag = tag_of(blob)
+        plain = self.summary_cache.get(part, body_id, wrapped, tag)
+        if plain is None:
+            content_key = unwrap_key(data_key.get(), wrapped, what="content key of a message")
+            plain = decrypt_body(content_key, blob, summary_aad(body_id, part))
+            self.summary_cache.put(part, body_id, wrapped, tag, plain)
+        return plain
+
     async def read_summaries(self, message_ids: Sequence[int], part: SummaryPart) -> dict[int, bytes]:
         """Plaintext summary parts (`imap.summary`) of several messages, without reading bodies.
 
@@ -2041,27 +2051,20 @@ class MailStore:
                     if mailbox_ids
                     else {}
                 )
-        data_keys: dict[int, bytes] = {}
-        cache = self.summary_cache
+        data_keys = {i: _LazyKey(self._master, w) for i, w in wrapped_data.items()}
         for mid, body_id, wrapped, mailbox_id, blob, version in rows:
             if blob is None or version not in SUMMARY_VERSIONS:
                 missing.append(int(mid))
                 continue
-            tag = tag_of(blob)
-            plain = cache.get(part, body_id, wrapped, tag)
-            if plain is None:
-                if mailbox_id not in data_keys:
-                    data_keys[mailbox_id] = self._master.unwrap(wrapped_data[mailbox_id])
-                content_key = unwrap_key(data_keys[mailbox_id], wrapped, what="content key of a message")
-                plain = decrypt_body(content_key, blob, summary_aad(body_id, part))
-                if part == "summary" and version != SUMMARY_VERSION:
-                    # An older layout of the same facts: rewritten once from the plaintext (the
-                    # body is not needed), so later FETCHes find response bytes.
-                    newer = upgrade_summary(plain)
-                    if newer is not None:
-                        plain = newer
-                        upgraded[int(body_id)] = (content_key, newer)
-                cache.put(part, body_id, wrapped, tag, plain)
+            plain = self._open_summary(part, body_id, wrapped, blob, data_keys[mailbox_id])
+            if part == "summary" and version != SUMMARY_VERSION:
+                # An older layout of the same facts: rewritten once from the plaintext (the body
+                # is not needed), so later FETCHes find response bytes.
+                newer = upgrade_summary(plain)
+                if newer is not None:
+                    content_key = unwrap_key(data_keys[mailbox_id].get(), wrapped, what="content key")
+                    upgraded[int(body_id)] = (content_key, newer)
+                    plain = newer
             out[int(mid)] = plain
         if upgraded:
             await self._save_upgraded_summaries(upgraded)

@@ -546,7 +546,8 @@ def _normalize_flags(flags: Sequence[str]) -> str:
 
 
 def _index_of(highest: int, uids: Sequence[int], top: int | None, flag_sets: Sequence[Any]) -> FolderIndex:
-    """`FolderIndex` from the direct SQLite reader's (highest modseq, UIDs, top modseq, flag sets)."""
+    """SELECT's facts from the folder's highest modseq, its UIDs, its messages' highest modseq
+    and (flags, count, first UID) per distinct flag set."""
     keywords = sorted({f for flags, _, _ in flag_sets for f in flags if not f.startswith("\\")})
     deleted = sum(n for flags, n, _ in flag_sets if "\\Deleted" in flags)
     unseen = min((first for flags, _, first in flag_sets if "\\Seen" not in flags), default=None)
@@ -1708,21 +1709,16 @@ class MailStore:
             uids = await _folder_uids(conn, folder_id)
             # One pass over the folder for everything flag-related: a folder has few distinct
             # flag sets, and the first unseen UID is the smallest UID of a set without \Seen.
-            flag_sets = [
-                (_flag_tuple(text), int(n), int(first), int(top))
-                for text, n, first, top in (
-                    await conn.execute(
-                        select(Message.flags, func.count(), func.min(Message.uid), func.max(Message.modseq))
-                        .where(in_folder)
-                        .group_by(Message.flags)
-                    )
-                ).all()
-            ]
-        keywords = sorted({f for flags, _, _, _ in flag_sets for f in flags if not f.startswith("\\")})
-        deleted = sum(n for flags, n, _, _ in flag_sets if "\\Deleted" in flags)
-        unseen = min((first for flags, _, first, _ in flag_sets if "\\Seen" not in flags), default=None)
-        top = max((t for _, _, _, t in flag_sets), default=0)
-        return FolderIndex(uids, max(int(highest), top), unseen, keywords, deleted)
+            groups = (
+                await conn.execute(
+                    select(Message.flags, func.count(), func.min(Message.uid), func.max(Message.modseq))
+                    .where(in_folder)
+                    .group_by(Message.flags)
+                )
+            ).all()
+        flag_sets = [(_flag_tuple(text), int(n), int(first)) for text, n, first, _ in groups]
+        top = max((int(t) for _, _, _, t in groups), default=0)
+        return _index_of(int(highest), uids, top, flag_sets)
 
     async def flag_rows(
         self, folder_id: int, first_uid: int, last_uid: int, *, changed_since: int | None = None, limit: int
